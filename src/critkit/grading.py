@@ -1,0 +1,126 @@
+"""Answer extraction and grading.
+
+`extract_answer` pulls the final answer out of a model's text; `grade` decides whether a response
+matches a gold answer with math-verify. Both are total: they return None / False on anything they
+cannot handle and never raise, because a grader that crashes on one odd output loses a whole run.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+__all__ = ["extract_answer", "extract_boxed", "grade", "answers_match"]
+
+# Model outputs can be adversarial (a 10^10^10 in a box, a thousand nested braces); cap what we
+# hand to sympy so a single sample cannot stall an evaluation.
+MAX_ANSWER_CHARS = 400
+GRADE_TIMEOUT_SECONDS = 5
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), with nested braces balanced."""
+    if not text:
+        return None
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        # "\boxed 5" is valid LaTeX for a single token argument.
+        m = re.match(r"\\(?:boxed|fbox)\s+([^\s$]+)", text[start:])
+        return m.group(1) if m else None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None  # unbalanced: truncated output
+
+
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.|$)", re.I | re.M)
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer in a model's text, or None.
+
+    Order: the last ``\\boxed{}``; then "The answer is X" / "Final answer: X"; then GSM8K's
+    ``#### X``; then the last number in the text (the fallback the Qwen2.5-Math harness uses).
+    """
+    if not text or not isinstance(text, str):
+        return None
+    boxed = extract_boxed(text)
+    if boxed:
+        return boxed
+    for pattern in (_ANSWER_IS, _HASHES):
+        found = pattern.findall(text)
+        if found:
+            return found[-1].strip().rstrip(".")
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", "").rstrip(".")
+    return None
+
+
+def _plain_equal(a: str, b: str) -> bool:
+    norm = lambda s: re.sub(r"\s+|\\[,!; ]|\$|\\text\{\s*\}|\.$", "", s).replace("dfrac", "frac").lower()
+    return norm(a) == norm(b)
+
+
+def _verify(gold: str, pred: str) -> bool:
+    import logging
+
+    from math_verify import parse, verify
+
+    # We disable math-verify's signal-based timeouts (see _run_with_timeout); silence its warning.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+    # math-verify wants the answer in math mode to parse LaTeX; a bare "5" parses either way.
+    gold_parsed = parse(f"${gold}$", parsing_timeout=None)
+    pred_parsed = parse(f"${pred}$", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _run_with_timeout(fn, timeout: float):
+    """Run fn in a daemon thread and give up after `timeout` seconds.
+
+    math-verify's own timeouts use signal.alarm, which only works in the main thread; a thread
+    works anywhere (worker threads, notebooks). A timed-out sympy call is left to finish in the
+    background and its result is dropped.
+    """
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive() or not result:
+        return None
+    return result[0]
+
+
+def answers_match(pred: str | None, gold: str | None, timeout: float = GRADE_TIMEOUT_SECONDS) -> bool:
+    """True when an extracted answer equals the gold answer, textually or mathematically."""
+    if pred is None or gold is None:
+        return False
+    pred, gold = str(pred).strip(), str(gold).strip()
+    if not pred or not gold:
+        return False
+    if _plain_equal(pred, gold):
+        return True
+    if len(pred) > MAX_ANSWER_CHARS or pred.count("{") > 50 or re.search(r"\^\s*\{?\s*\d{4,}", pred):
+        return False  # adversarial sizes: refuse rather than risk sympy expanding them
+    try:
+        return bool(_run_with_timeout(lambda: _verify(gold, pred), timeout))
+    except Exception:  # noqa: BLE001 - a grader never raises on model output
+        return False
+
+
+def grade(response: str | None, gold: str | None, timeout: float = GRADE_TIMEOUT_SECONDS) -> bool:
+    """True when the final answer in `response` matches `gold`."""
+    return answers_match(extract_answer(response), gold, timeout=timeout)
