@@ -9,6 +9,7 @@ Both return, for each conversation, a list of `sampling.n` completions.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -117,27 +118,27 @@ class OpenAIBackend:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
     def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
         key = os.environ.get(self.api_key_env)
         if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(payload).encode(),
-                                     headers=headers, method="POST")
+            # Unredirected: urllib would otherwise send the key on to wherever a redirect points.
+            req.add_unredirected_header("Authorization", f"Bearer {key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
             raise BackendError(f"{self.base_url}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
             raise BackendError(f"{self.base_url}: {exc}") from None
         try:
             data = json.loads(body)
             return data
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
             raise BackendError(f"{self.base_url}: reply is not JSON: {body[:200]!r}") from None
 
-    def _one(self, conversation: Messages, sampling: Sampling) -> list[str]:
+    def _one(self, conversation: Messages, sampling: Sampling) -> tuple[list[str], dict]:
         payload = {"model": self.name, "messages": conversation, "max_tokens": sampling.max_new_tokens,
                    "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n, "seed": sampling.seed}
         if sampling.stop:
@@ -146,17 +147,28 @@ class OpenAIBackend:
         try:
             texts = [choice["message"]["content"] or "" for choice in data["choices"]]
         except (KeyError, TypeError):
-            raise BackendError(f"{self.base_url}: reply has no choices[].message.content: {str(data)[:200]}") from None
-        for key in self.usage:
-            self.usage[key] += int((data.get("usage") or {}).get(key) or 0)
-        return texts
+            texts = []
+        if not texts:
+            raise BackendError(f"{self.base_url}: reply has no choices[].message.content: {str(data)[:200]}")
+        return texts, data.get("usage") or {}
 
     def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = [pool.submit(self._one, c, sampling) for c in conversations]
-            return [f.result() for f in tqdm(futures, desc=desc, unit="request", disable=not self.progress)]
+            try:
+                replies = [f.result() for f in tqdm(futures, desc=desc, unit="request", disable=not self.progress)]
+            except BaseException:
+                # Without this the pool would still send (and a hosted API bill) every queued request.
+                for f in futures:
+                    f.cancel()
+                raise
+        # Summed here, in one thread: `+=` on a shared dict from the workers can lose updates.
+        for _, usage in replies:
+            for key in self.usage:
+                self.usage[key] += int(usage.get(key) or 0)
+        return [texts for texts, _ in replies]
 
 
 def make_backend(model: str, backend: str = "auto", **options):

@@ -47,18 +47,21 @@ def _sft_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(SFTConfig)}
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`key=value` or `sft.key=value` overrides; a bare SFTConfig field name goes under sft."""
+def apply_overrides(raw: dict, overrides: list[str], top: set[str] | None = None, default: tuple[str, ...] = ("sft",)) -> dict:
+    """Apply `key=value` / `a.b.key=value` overrides to a config mapping (values parsed as YAML).
+
+    A key whose first part is not a top-level field (`top`) goes under `default`: in a training
+    config `learning_rate=1e-5` means `sft.learning_rate`, as TRL users would write it.
+    """
+    top = top if top is not None else {f.name for f in dataclasses.fields(TrainConfig)}
     raw = json.loads(json.dumps(raw))  # deep copy of plain data
-    top = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        key = key.lstrip("-").replace("-", "_")
-        parts = key.split(".")
-        if parts[0] not in top and len(parts) == 1:
-            parts = ["sft", key]
+        parts = key.lstrip("-").replace("-", "_").split(".")
+        if parts[0] not in top:
+            parts = [*default, *parts]
         node = raw
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):

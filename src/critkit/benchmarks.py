@@ -1,0 +1,129 @@
+"""Declarative benchmark specs: where a file's question and gold answer are.
+
+A spec names a file and how to read one row; no code per benchmark. The built-in specs point at
+the files the Qwen2.5-Math harness and the CFT paper evaluate on (in ../shared/data/benchmarks in
+this workplace, or wherever CRITKIT_DATA_DIR points). A user's own file is described by a YAML
+file with the same fields.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .grading import extract_boxed
+from .records import read_rows
+
+__all__ = ["BenchmarkSpec", "BENCHMARKS", "get_benchmark", "load_benchmark", "data_dir", "Problem"]
+
+GOLD_RULES = ("value", "after_hashes", "boxed", "first_of_list")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    path: str  # absolute, or relative to data_dir()
+    question_field: str = "question"
+    gold_field: str = "answer"
+    gold_rule: str = "value"  # value | after_hashes (GSM8K) | boxed (inside \boxed{} of the field) | first_of_list
+    id_field: str | None = None
+    answer_type: str = "math"  # math | multiple_choice (see issue on MC benchmarks)
+    version: int = 1  # bump when the spec changes what is scored
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    gold: str
+
+
+def data_dir() -> Path:
+    if os.environ.get("CRITKIT_DATA_DIR"):
+        return Path(os.environ["CRITKIT_DATA_DIR"])
+    # The workplace layout: the repo's parent holds shared/data. Fall back to the cwd's parent.
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = base.parent / "shared" / "data"
+        if candidate.exists():
+            return candidate
+    return Path.cwd() / "data"
+
+
+_B = "benchmarks"
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "gsm8k": BenchmarkSpec("gsm8k", f"{_B}/gsm8k/test.jsonl", "question", "answer", "after_hashes", "idx"),
+    "math500": BenchmarkSpec("math500", f"{_B}/math500/test.jsonl", "problem", "answer", "value", "unique_id"),
+    "minerva_math": BenchmarkSpec("minerva_math", f"{_B}/minerva_math/test.jsonl", "problem", "solution", "boxed", "idx"),
+    "olympiadbench": BenchmarkSpec("olympiadbench", f"{_B}/olympiadbench/test.jsonl", "question", "final_answer", "first_of_list", "id"),
+    "aime24": BenchmarkSpec("aime24", f"{_B}/aime24/test.jsonl", "problem", "answer", "value", "id"),
+    "amc23": BenchmarkSpec("amc23", f"{_B}/amc23/test.jsonl", "question", "answer", "value", "id"),
+    "theoremqa": BenchmarkSpec("theoremqa", f"{_B}/theoremqa/test.jsonl", "problem", "answer", "value"),
+}
+
+
+def spec_from_file(path: str | os.PathLike) -> BenchmarkSpec:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    known = {f.name for f in fields(BenchmarkSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown spec field(s) {unknown}; known: {sorted(known)}")
+    raw.setdefault("name", Path(path).stem)
+    if "path" not in raw:
+        raise ValueError(f"{path}: a spec needs 'path'")
+    if not Path(raw["path"]).is_absolute():
+        raw["path"] = str((Path(path).parent / raw["path"]).resolve())
+    return BenchmarkSpec(**raw)
+
+
+def get_benchmark(name_or_path: str) -> BenchmarkSpec:
+    if name_or_path in BENCHMARKS:
+        return BENCHMARKS[name_or_path]
+    if name_or_path.endswith((".yaml", ".yml")) and Path(name_or_path).exists():
+        return spec_from_file(name_or_path)
+    if name_or_path.endswith(".jsonl") and Path(name_or_path).exists():
+        # A critkit records file: question and gold fields.
+        return BenchmarkSpec(Path(name_or_path).stem, str(Path(name_or_path).resolve()), "question", "gold", "value", "id")
+    raise ValueError(f"unknown benchmark {name_or_path!r}: use one of {', '.join(BENCHMARKS)}, a spec .yaml or a records .jsonl")
+
+
+def _gold(spec: BenchmarkSpec, row: dict) -> str | None:
+    value = row.get(spec.gold_field)
+    if value is None:
+        return None
+    if spec.gold_rule == "after_hashes":
+        return value.rsplit("####", 1)[1].strip().replace(",", "") if "####" in value else None
+    if spec.gold_rule == "boxed":
+        return extract_boxed(value)
+    if spec.gold_rule == "first_of_list":
+        value = value[0] if isinstance(value, list) and value else None
+        return str(value).strip("$ ") if value is not None else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # AMC23 stores 27.0 for 27
+    return str(value).strip()
+
+
+def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> tuple[list[Problem], list[str]]:
+    """Problems, and a list of rows that could not be used (reported, not fatal)."""
+    if spec.gold_rule not in GOLD_RULES:
+        raise ValueError(f"benchmark {spec.name}: gold_rule {spec.gold_rule!r} is not one of {GOLD_RULES}")
+    path = Path(spec.path)
+    if not path.is_absolute():
+        path = data_dir() / path
+    problems, bad = [], []
+    for number, row in read_rows(path):
+        question = row.get(spec.question_field)
+        gold = _gold(spec, row)
+        if not question:
+            bad.append(f"{path}:{number}: no '{spec.question_field}'")
+            continue
+        if not gold:
+            bad.append(f"{path}:{number}: no gold answer in '{spec.gold_field}' ({spec.gold_rule})")
+            continue
+        rid = str(row.get(spec.id_field)) if spec.id_field and row.get(spec.id_field) is not None else str(number)
+        problems.append(Problem(f"{spec.name}-{rid}", question, gold))
+        if limit is not None and len(problems) >= limit:
+            break
+    return problems, bad
