@@ -18,6 +18,18 @@ MAX_ANSWER_CHARS = 400
 GRADE_TIMEOUT_SECONDS = 5
 
 
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*")
+
+
+def _truncated_box(text: str) -> bool:
+    """The last box opens a brace that never closes: the output was cut off mid-answer."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return False
+    i = _BOX_OPEN.match(text, start).end()
+    return i < len(text) and text[i] == "{" and extract_boxed(text) is None
+
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), with nested braces balanced."""
     if not text:
@@ -25,8 +37,9 @@ def extract_boxed(text: str) -> str | None:
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
-    i = text.find("{", start)
-    if i < 0:
+    # The argument's brace must follow the command itself: a later "{" belongs to other text.
+    i = _BOX_OPEN.match(text, start).end()
+    if i >= len(text) or text[i] != "{":
         # "\boxed 5" is valid LaTeX for a single token argument.
         m = re.match(r"\\(?:boxed|fbox)\s+([^\s$]+)", text[start:])
         return m.group(1) if m else None
@@ -41,7 +54,8 @@ def extract_boxed(text: str) -> str | None:
     return None  # unbalanced: truncated output
 
 
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.|$)", re.I | re.M)
+# The sentence ends at a full stop followed by a space or the line's end, so "3.5." stays 3.5.
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.(?=\s|$)|$)", re.I | re.M)
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
@@ -49,14 +63,19 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 def extract_answer(text: str | None) -> str | None:
     """The final answer in a model's text, or None.
 
-    Order: the last ``\\boxed{}``; then "The answer is X" / "Final answer: X"; then GSM8K's
-    ``#### X``; then the last number in the text (the fallback the Qwen2.5-Math harness uses).
+    Order: the last ``\\boxed{}`` (None when it is cut off before its closing brace); then
+    "The answer is X" / "Final answer: X"; then GSM8K's ``#### X``; then the last number in the
+    text (the fallback the Qwen2.5-Math harness uses).
     """
     if not text or not isinstance(text, str):
         return None
     boxed = extract_boxed(text)
     if boxed:
         return boxed
+    if _truncated_box(text):
+        # Falling back to the last number would read a prefix of the cut-off box ("\boxed{12" of
+        # "\boxed{125}") as the answer; a truncated answer is no answer.
+        return None
     for pattern in (_ANSWER_IS, _HASHES):
         found = pattern.findall(text)
         if found:
@@ -65,6 +84,10 @@ def extract_answer(text: str | None) -> str | None:
     if numbers:
         return numbers[-1].replace(",", "").rstrip(".")
     return None
+
+
+# An exponent that itself holds an integer power, e.g. 2^{2^{100}}; symbolic ones like e^{-x^2} pass.
+_POWER_TOWER = re.compile(r"\^\s*\{[^}]*?\d\s*\}?\s*\^")
 
 
 def _plain_equal(a: str, b: str) -> bool:
@@ -115,6 +138,10 @@ def answers_match(pred: str | None, gold: str | None, timeout: float = GRADE_TIM
         return True
     if len(pred) > MAX_ANSWER_CHARS or pred.count("{") > 50 or re.search(r"\^\s*\{?\s*\d{4,}", pred):
         return False  # adversarial sizes: refuse rather than risk sympy expanding them
+    if _POWER_TOWER.search(pred):
+        # sympy evaluates integer powers eagerly, in C, holding the GIL: 10^{10^{10^{10}}} would
+        # never return and the thread timeout below could not interrupt it.
+        return False
     try:
         return bool(_run_with_timeout(lambda: _verify(gold, pred), timeout))
     except Exception:  # noqa: BLE001 - a grader never raises on model output

@@ -56,6 +56,8 @@ class Record:
                 raise RecordError(path, line, f"missing field '{required}'")
         if not isinstance(row["question"], str) or not row["question"].strip():
             raise RecordError(path, line, "field 'question' is empty")
+        if row.get("meta") is not None and not isinstance(row["meta"], dict):
+            raise RecordError(path, line, f"field 'meta' must be an object, got {type(row['meta']).__name__}")
         verdict = row.get("verdict")
         if verdict is not None and verdict not in VERDICTS:
             raise RecordError(path, line, f"field 'verdict' is {verdict!r}, expected one of {VERDICTS}")
@@ -136,7 +138,11 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         raise RecordError(path, None, "file not found")
     kind = _format(path)
     if kind == "jsonl":
-        yield from read_jsonl(path)
+        for number, row in read_jsonl(path):
+            # Checked here, not only in Record.from_dict: every source mapping indexes rows as dicts.
+            if not isinstance(row, dict):
+                raise RecordError(path, number, f"expected a JSON object, got {type(row).__name__}")
+            yield number, row
         return
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -180,5 +186,8 @@ def write_records(path: str | os.PathLike, records: Iterable[Record]) -> int:
 def decode_meta(row: dict) -> dict:
     """Parquet / HF rows carry meta as a JSON string (see write_records)."""
     if isinstance(row.get("meta"), str):
-        row = {**row, "meta": json.loads(row["meta"]) if row["meta"] else {}}
+        try:
+            row = {**row, "meta": json.loads(row["meta"]) if row["meta"] else {}}
+        except json.JSONDecodeError:
+            pass  # left as a string: Record.from_dict rejects it with the file and row
     return row
