@@ -10,7 +10,7 @@ import yaml
 from critkit.cli import main
 from critkit.methods import METHODS
 from critkit.records import read_records
-from critkit.train import ConfigError
+from critkit.config import ConfigError
 
 
 def _config(tmp_path, tiny_model, methods) -> str:

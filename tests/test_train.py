@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from critkit.records import write_jsonl
-from critkit.train import ConfigError, TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
+from critkit.config import ConfigError
+from critkit.train import TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -119,3 +120,22 @@ def test_packaged_recipes_parse_with_paper_hyperparameters():
             assert sft["num_train_epochs"] == 1
             global_batch = 8 * sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"]
             assert global_batch == (64 if name == "cgd-8b" else 512)
+
+
+def test_completion_loss_equals_the_models_own_loss(tiny_model):
+    """critkit's CPU loss projects only supervised tokens; it must equal the full-logits loss."""
+    from critkit.models import load_model
+    from critkit.train import completion_loss
+
+    model = load_model(tiny_model)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 12))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    labels[1, :9] = -100
+    labels[2, 8:] = -100  # right padding
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(completion_loss(model, inputs), expected, atol=1e-5)

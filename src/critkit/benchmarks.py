@@ -12,8 +12,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
+from .config import load_yaml
 from .grading import extract_boxed
 from .records import read_rows
 
@@ -65,7 +64,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def spec_from_file(path: str | os.PathLike) -> BenchmarkSpec:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
     known = {f.name for f in fields(BenchmarkSpec)}
     unknown = sorted(set(raw) - known)
     if unknown:

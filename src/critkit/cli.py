@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from .records import RecordError
-    from .train import ConfigError
+    from .config import ConfigError
 
     try:
         args.fn(args)

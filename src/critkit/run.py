@@ -19,7 +19,8 @@ import yaml
 from .backends import Sampling, make_backend
 from .methods import METHODS, build_pairs
 from .records import read_records, write_jsonl, write_records
-from .train import ConfigError, TrainConfig, train, validate
+from .config import ConfigError, apply_overrides, load_yaml
+from .train import TrainConfig, train, validate
 
 __all__ = ["RunConfig", "load_run_config", "run"]
 
@@ -41,9 +42,7 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    from .train import apply_overrides
-
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
     raw = apply_overrides(raw, list(overrides), top=set(RunConfig.__dataclass_fields__), default=("train", "sft"))
     known = set(RunConfig.__dataclass_fields__)
     unknown = sorted(set(raw) - known)

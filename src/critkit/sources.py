@@ -96,6 +96,8 @@ def from_noisy_gsm8k(row, path, number):
     question = _need(row, "question", path, number)
     truth = _need(row, "ground_truth", path, number)
     gold = gsm8k_gold(truth)
+    if gold is None:
+        raise RecordError(path, number, "field 'ground_truth' has no 'A: <answer>' or '#### <answer>' line")
     reference = _strip_calculator(re.split(r"\n(?:A:|####)", truth)[0]).strip() + f"\nThe answer is \\boxed{{{gold}}}."
     records = []
     for model in NOISY_MODELS:

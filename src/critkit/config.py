@@ -1,0 +1,56 @@
+"""YAML configs: loading (with YAML 1.2 floats) and `key=value` command-line overrides."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+__all__ = ["ConfigError", "load_yaml", "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A bad config value, named by its field, found before any model is loaded."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-5` is a string; every ML config means a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def apply_overrides(raw: dict, overrides: list[str], top: set[str], default: tuple[str, ...]) -> dict:
+    """Apply `key=value` / `a.b.key=value` overrides to a config mapping (values parsed as YAML).
+
+    A key whose first part is not a top-level field (`top`) goes under `default`: in a training
+    config `learning_rate=1e-5` means `sft.learning_rate`, as TRL users would write it.
+    """
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.lstrip("-").replace("-", "_").split(".")
+        if parts[0] not in top:
+            parts = [*default, *parts]
+        node = raw
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = load_yaml(value)
+    return raw
