@@ -64,8 +64,8 @@ def test_evaluate_embedded_model_writes_samples_and_resumes(embedded_model, tmp_
     assert scores["n"] == 4 and backend.calls == 4
     samples = [json.loads(line) for line in (tmp_path / "gsm8k" / "samples.jsonl").read_text().splitlines()]
     assert [s["id"] for s in samples] == ["gsm8k-0", "gsm8k-1", "gsm8k-2", "gsm8k-3"]
-    assert all(s["response"] for s in samples)
-    assert scores["correct"] == sum(s["correct"] for s in samples)
+    assert all(s["responses"][0] for s in samples)
+    assert scores["correct"] == sum(s["correct"][0] for s in samples)
     # Again: everything is on disk, nothing is generated; a larger limit generates only the new ones.
     again = evaluate_benchmark(backend, "gsm8k", tmp_path, sampling, limit=4)
     assert backend.calls == 4 and again["correct"] == scores["correct"]

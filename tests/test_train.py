@@ -110,7 +110,7 @@ def test_packaged_recipes_parse_with_paper_hyperparameters():
 
     from critkit.run import load_run_config
 
-    lr = {"cft-7b": 5e-6, "cft-32b": 5e-6, "cgd-8b": 1e-6, "quickstart": 1e-4}
+    lr = {"cft-7b": 5e-6, "cft-32b": 5e-6, "cgd-8b": 1e-6, "quickstart": 1e-3}
     for name, expected in lr.items():
         cfg = load_run_config(str(resources.files("critkit").joinpath("configs", f"{name}.yaml")))
         assert cfg.train["sft"]["learning_rate"] == expected

@@ -19,6 +19,10 @@ from .records import read_rows
 __all__ = ["BenchmarkSpec", "BENCHMARKS", "get_benchmark", "load_benchmark", "data_dir", "Problem"]
 
 GOLD_RULES = ("value", "after_hashes", "boxed", "first_of_list")
+# Multiple choice: the gold field holds the letter, the option index, or the option text; GPQA
+# keeps the correct option in the first of its choice fields.
+CHOICE_RULES = ("letter", "index", "text", "first_choice")
+LETTERS = "ABCDEFGHIJ"
 
 
 @dataclass(frozen=True)
@@ -29,15 +33,19 @@ class BenchmarkSpec:
     gold_field: str = "answer"
     gold_rule: str = "value"  # value | after_hashes (GSM8K) | boxed (inside \boxed{} of the field) | first_of_list
     id_field: str | None = None
-    answer_type: str = "math"  # math | multiple_choice (see issue on MC benchmarks)
+    answer_type: str = "math"  # math | multiple_choice
+    choices_field: str | None = None  # multiple choice: one field holding the list of options
+    choice_fields: tuple[str, ...] | None = None  # ... or one field per option (GPQA)
+    shuffle_seed: int | None = 0  # multiple choice: option order shuffled per question with this seed
     version: int = 1  # bump when the spec changes what is scored
 
 
 @dataclass(frozen=True)
 class Problem:
     id: str
-    question: str
-    gold: str
+    question: str  # for multiple choice: with the lettered options appended
+    gold: str  # for multiple choice: the letter of the correct option
+    choices: tuple[str, ...] | None = None
 
 
 def data_dir() -> Path:
@@ -60,6 +68,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "aime24": BenchmarkSpec("aime24", f"{_B}/aime24/test.jsonl", "problem", "answer", "value", "id"),
     "amc23": BenchmarkSpec("amc23", f"{_B}/amc23/test.jsonl", "question", "answer", "value", "id"),
     "theoremqa": BenchmarkSpec("theoremqa", f"{_B}/theoremqa/test.jsonl", "problem", "answer", "value"),
+    # Multiple choice from files the user supplies (their licences forbid redistribution here).
+    "gpqa_diamond": BenchmarkSpec("gpqa_diamond", f"{_B}/gpqa_diamond/test.jsonl", "Question", "Correct Answer",
+                                  "first_choice", answer_type="multiple_choice",
+                                  choice_fields=("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
+    "mmlu_pro": BenchmarkSpec("mmlu_pro", f"{_B}/mmlu_pro/test.jsonl", "question", "answer_index", "index", "question_id",
+                              answer_type="multiple_choice", choices_field="options"),
 }
 
 
@@ -70,6 +84,8 @@ def spec_from_file(path: str | os.PathLike) -> BenchmarkSpec:
     if unknown:
         raise ValueError(f"{path}: unknown spec field(s) {unknown}; known: {sorted(known)}")
     raw.setdefault("name", Path(path).stem)
+    if raw.get("choice_fields") is not None:
+        raw["choice_fields"] = tuple(raw["choice_fields"])
     if "path" not in raw:
         raise ValueError(f"{path}: a spec needs 'path'")
     if not Path(raw["path"]).is_absolute():
@@ -104,25 +120,66 @@ def _gold(spec: BenchmarkSpec, row: dict) -> str | None:
     return str(value).strip()
 
 
+def _choice_problem(spec: BenchmarkSpec, row: dict, pid: str, question: str) -> Problem | str:
+    """A multiple-choice problem with options shuffled by (seed, id), or why the row is unusable."""
+    import random
+
+    if spec.choices_field:
+        options = row.get(spec.choices_field)
+    else:
+        options = [row.get(f) for f in spec.choice_fields or ()]
+    if not isinstance(options, list) or len(options) < 2 or any(o is None or str(o).strip() == "" for o in options):
+        return "no usable options"
+    options = [str(o).strip() for o in options][: len(LETTERS)]
+    value = row.get(spec.gold_field)
+    if spec.gold_rule == "first_choice":
+        correct = 0
+    elif spec.gold_rule == "index" and isinstance(value, int) and 0 <= value < len(options):
+        correct = value
+    elif spec.gold_rule == "letter" and isinstance(value, str) and value.strip().upper() in LETTERS[: len(options)]:
+        correct = LETTERS.index(value.strip().upper())
+    elif spec.gold_rule == "text" and value is not None and str(value).strip() in options:
+        correct = options.index(str(value).strip())
+    else:
+        return f"no gold answer in '{spec.gold_field}' ({spec.gold_rule})"
+    order = list(range(len(options)))
+    if spec.shuffle_seed is not None:
+        # Seeded by the question's id, not its position: the same question gets the same order
+        # whatever subset or order of the file is evaluated.
+        random.Random(f"{spec.shuffle_seed}:{pid}").shuffle(order)
+    shown = tuple(options[i] for i in order)
+    listed = "\n".join(f"({LETTERS[k]}) {text}" for k, text in enumerate(shown))
+    return Problem(pid, f"{question}\n\n{listed}", LETTERS[order.index(correct)], shown)
+
+
 def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> tuple[list[Problem], list[str]]:
     """Problems, and a list of rows that could not be used (reported, not fatal)."""
-    if spec.gold_rule not in GOLD_RULES:
-        raise ValueError(f"benchmark {spec.name}: gold_rule {spec.gold_rule!r} is not one of {GOLD_RULES}")
+    rules = CHOICE_RULES if spec.answer_type == "multiple_choice" else GOLD_RULES
+    if spec.gold_rule not in rules:
+        raise ValueError(f"benchmark {spec.name}: gold_rule {spec.gold_rule!r} is not one of {rules}")
     path = Path(spec.path)
     if not path.is_absolute():
         path = data_dir() / path
     problems, bad = [], []
     for number, row in read_rows(path):
         question = row.get(spec.question_field)
-        gold = _gold(spec, row)
         if not question:
             bad.append(f"{path}:{number}: no '{spec.question_field}'")
             continue
-        if not gold:
-            bad.append(f"{path}:{number}: no gold answer in '{spec.gold_field}' ({spec.gold_rule})")
-            continue
         rid = str(row.get(spec.id_field)) if spec.id_field and row.get(spec.id_field) is not None else str(number)
-        problems.append(Problem(f"{spec.name}-{rid}", question, gold))
+        pid = f"{spec.name}-{rid}"
+        if spec.answer_type == "multiple_choice":
+            problem = _choice_problem(spec, row, pid, question)
+            if isinstance(problem, str):
+                bad.append(f"{path}:{number}: {problem}")
+                continue
+            problems.append(problem)
+        else:
+            gold = _gold(spec, row)
+            if not gold:
+                bad.append(f"{path}:{number}: no gold answer in '{spec.gold_field}' ({spec.gold_rule})")
+                continue
+            problems.append(Problem(pid, question, gold))
         if limit is not None and len(problems) >= limit:
             break
     return problems, bad

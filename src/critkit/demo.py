@@ -40,12 +40,14 @@ def _two_step(rng: random.Random) -> tuple[str, str, str]:
 KINDS = {"largest": _largest, "sum": _sum, "two-step": _two_step}
 
 
-def make_demo(train: int = 96, test: int = 96, seed: int = 0, kinds: tuple[str, ...] = tuple(KINDS)) -> tuple[list[Record], list[Record]]:
-    """(train, test) records; kinds rotate so each split holds them in equal shares."""
+def make_demo(train: int = 96, test: int = 96, seed: int = 0, kinds: tuple[str, ...] = tuple(KINDS),
+              validation: int = 0) -> tuple[list[Record], ...]:
+    """(train, test) records, plus a validation split when asked for (for checkpoint selection);
+    kinds rotate so each split holds them in equal shares, and no question is in two splits."""
     rng = random.Random(seed)
     seen: set[str] = set()
-    splits: dict[str, list[Record]] = {"train": [], "test": []}
-    for split, size in (("test", test), ("train", train)):
+    splits: dict[str, list[Record]] = {"train": [], "test": [], "validation": []}
+    for split, size in (("test", test), ("train", train), ("validation", validation)):
         attempts = 0
         while len(splits[split]) < size:
             attempts += 1
@@ -59,4 +61,6 @@ def make_demo(train: int = 96, test: int = 96, seed: int = 0, kinds: tuple[str, 
             rid = f"demo-{split}-{len(splits[split])}"
             splits[split].append(Record(rid, question, gold=gold, reference=solution,
                                         meta={"source": "critkit-demo", "kind": kind, "seed": seed}))
+    if validation:
+        return splits["train"], splits["test"], splits["validation"]
     return splits["train"], splits["test"]

@@ -3,39 +3,120 @@
 Every model is asked with the Qwen2.5-Math cot prompt (question only), whatever it was trained
 on: that is how CFT and CGD models are used. Per-sample outputs stay on disk, so a run that stops
 resumes where it was, and a finished one can be regraded without generating again.
+
+Modes (CFT appendix A.4, Table 11):
+- `direct`: answer the question.
+- `self-critique`: one generation that solves, critiques its own solution and corrects it.
+- `self-critique-2stage`: solve; critique the solution in a second call ("Critique Conclusion:
+  Correct/Incorrect"); while it is judged incorrect, solve again, up to `rounds` attempts.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from .backends import Sampling
-from .benchmarks import get_benchmark, load_benchmark
-from .grading import answers_match, extract_answer
+from .benchmarks import Problem, get_benchmark, load_benchmark
+from .grading import answers_match, extract_answer, extract_choice
 from .methods import answer_prompt
+from .prompts import load_prompt, render
 from .records import read_jsonl, write_jsonl
 
-__all__ = ["evaluate", "evaluate_benchmark", "CRITIQUE_MARKERS"]
+__all__ = ["evaluate", "evaluate_benchmark", "pass_at_k", "CRITIQUE_MARKERS", "MODES"]
 
 # CGD found CFT models drifting into critique-writing; count outputs that look like critiques.
 CRITIQUE_MARKERS = ("Conclusion: right", "Conclusion: wrong", "[END]", "Critique:")
+MODES = ("direct", "self-critique", "self-critique-2stage")
 
 
-def _score(samples: list[dict]) -> dict:
-    n = len(samples)
-    correct = sum(s["correct"] for s in samples)
-    return {
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else 0.0,
-        "no_answer": sum(s["extracted"] is None for s in samples) / n if n else 0.0,
-        "critique_format": sum(any(m in s["response"] for m in CRITIQUE_MARKERS) for s in samples) / n if n else 0.0,
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def _majority(extracted: list[str | None]) -> str | None:
+    votes = Counter(e.strip() for e in extracted if e)
+    return votes.most_common(1)[0][0] if votes else None  # ties: the first answer seen wins
+
+
+def _score(samples: list[dict], n: int) -> dict:
+    q = len(samples)
+    if not q:
+        return {"n": 0, "correct": 0, "accuracy": 0.0}
+    flat = [r for s in samples for r in s["responses"]]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+    scores = {
+        "n": q,
+        "samples_per_question": n,
+        "correct": sum(s["correct"][0] for s in samples),  # first (greedy) sample
+        "accuracy": sum(sum(s["correct"]) / len(s["correct"]) for s in samples) / q,  # mean over samples
+        "no_answer": sum(e is None for s in samples for e in s["extracted"]) / len(flat),
+        "critique_format": sum(any(m in r for m in CRITIQUE_MARKERS) for r in flat) / len(flat),
+        "empty_output": sum(not r.strip() for r in flat) / len(flat),
     }
+    if n > 1:
+        for k in ks:
+            scores[f"pass@{k}"] = sum(pass_at_k(n, sum(s["correct"]), k) for s in samples) / q
+        scores[f"maj@{n}"] = sum(s["majority_correct"] for s in samples) / q
+    return scores
 
 
-def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: Sampling,
-                       limit: int | None = None, regrade: bool = False) -> dict:
+def _grade(problem: Problem, response: str) -> tuple[str | None, bool]:
+    if problem.choices is not None:
+        letter = extract_choice(response, len(problem.choices))
+        return letter, letter == problem.gold
+    extracted = extract_answer(response)
+    return extracted, answers_match(extracted, problem.gold)
+
+
+def _generate(backend, problems: list[Problem], sampling: Sampling, mode: str, rounds: int, desc: str) -> list[dict]:
+    """{'responses': [...], 'trace': [...]} per problem."""
+    if mode == "direct":
+        outs = backend.generate([answer_prompt(p.question) for p in problems], sampling, desc=desc)
+        return [{"responses": o} for o in outs]
+    if sampling.n != 1:
+        raise ValueError(f"mode {mode} draws one answer per question; use n=1")
+    if mode == "self-critique":
+        convs = [[{"role": "system", "content": load_prompt("cot_system")},
+                  {"role": "user", "content": render("self_critique_single_user", question=p.question)}] for p in problems]
+        return [{"responses": o} for o in backend.generate(convs, sampling, desc=desc)]
+    if mode != "self-critique-2stage":
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    from .synth import parse_verdict
+
+    answers = [o[0] for o in backend.generate([answer_prompt(p.question) for p in problems], sampling, desc=f"{desc} solve")]
+    traces: list[list[dict]] = [[{"solution": a}] for a in answers]
+    open_ids = list(range(len(problems)))
+    for attempt in range(rounds):
+        checks = backend.generate([[{"role": "user", "content": render("self_critique_check_user", question=problems[i].question,
+                                                                        response=answers[i])}] for i in open_ids],
+                                  sampling, desc=f"{desc} critique {attempt + 1}")
+        retry = []
+        for i, check in zip(open_ids, checks):
+            verdict = parse_verdict(check[0])
+            traces[i][-1].update(critique=check[0], verdict=verdict or "unparsed")
+            if verdict == "wrong" and attempt + 1 < rounds:
+                retry.append(i)
+        if not retry:
+            break
+        # A fresh attempt needs a fresh draw: shift the seed per round so a sampled retry differs.
+        again = backend.generate([answer_prompt(problems[i].question) for i in retry],
+                                 replace(sampling, seed=sampling.seed + 1000 * (attempt + 1)), desc=f"{desc} retry {attempt + 1}")
+        for i, o in zip(retry, again):
+            answers[i] = o[0]
+            traces[i].append({"solution": o[0]})
+        open_ids = retry
+    return [{"responses": [a], "trace": t} for a, t in zip(answers, traces)]
+
+
+def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: Sampling, limit: int | None = None,
+                       mode: str = "direct", rounds: int = 8, regrade: bool = False) -> dict:
     """Scores for one benchmark; generation is skipped for samples already on disk."""
     spec = get_benchmark(benchmark)
     out = Path(out_dir) / spec.name
@@ -46,23 +127,27 @@ def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: S
         done = {row["id"]: row for _, row in read_jsonl(samples_path)}
     todo = [p for p in problems if p.id not in done]
     if todo:
-        texts = backend.generate([answer_prompt(p.question) for p in todo], sampling, desc=f"eval {spec.name}")
-        for p, outs in zip(todo, texts):
-            response = outs[0] if outs else ""
-            done[p.id] = {"id": p.id, "question": p.question, "gold": p.gold, "response": response}
+        for p, gen in zip(todo, _generate(backend, todo, sampling, mode, rounds, f"eval {spec.name}")):
+            done[p.id] = {"id": p.id, "question": p.question, "gold": p.gold, **gen}
     samples = []
     for p in problems:
         row = done[p.id]
         if "correct" not in row or regrade or todo:
-            row["extracted"] = extract_answer(row["response"])
-            row["correct"] = answers_match(row["extracted"], p.gold)
+            graded = [_grade(p, r) for r in row["responses"]]
+            row["extracted"] = [e for e, _ in graded]
+            row["correct"] = [c for _, c in graded]
+            if len(graded) > 1:
+                row["majority_correct"] = _grade(p, f"\\boxed{{{_majority(row['extracted'])}}}")[1] if _majority(row["extracted"]) else False
         samples.append(row)
     write_jsonl(samples_path, samples)
-    scores = {"benchmark": spec.name, "spec_version": spec.version, "model": getattr(backend, "name", None),
-              "sampling": sampling.as_dict(), **_score(samples), "bad_rows": len(bad), "bad_examples": bad[:5]}
+    scores = {"benchmark": spec.name, "spec_version": spec.version, "model": getattr(backend, "name", None), "mode": mode,
+              "sampling": sampling.as_dict(), **_score(samples, sampling.n), "bad_rows": len(bad), "bad_examples": bad[:5]}
+    if mode == "self-critique-2stage":
+        scores["mean_attempts"] = sum(len(s.get("trace", [])) for s in samples) / max(1, len(samples))
     (out / "scores.json").write_text(json.dumps(scores, indent=1))
     return scores
 
 
-def evaluate(backend, benchmarks: list[str], out_dir: str | Path, sampling: Sampling, limit: int | None = None) -> dict:
-    return {b: evaluate_benchmark(backend, b, out_dir, sampling, limit=limit) for b in benchmarks}
+def evaluate(backend, benchmarks: list[str], out_dir: str | Path, sampling: Sampling, limit: int | None = None,
+             mode: str = "direct", rounds: int = 8) -> dict:
+    return {b: evaluate_benchmark(backend, b, out_dir, sampling, limit=limit, mode=mode, rounds=rounds) for b in benchmarks}

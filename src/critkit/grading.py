@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 
-__all__ = ["extract_answer", "extract_boxed", "grade", "answers_match"]
+__all__ = ["extract_answer", "extract_boxed", "grade", "answers_match", "extract_choice", "grade_choice"]
 
 # Model outputs can be adversarial (a 10^10^10 in a box, a thousand nested braces); cap what we
 # hand to sympy so a single sample cannot stall an evaluation.
@@ -151,3 +151,37 @@ def answers_match(pred: str | None, gold: str | None, timeout: float = GRADE_TIM
 def grade(response: str | None, gold: str | None, timeout: float = GRADE_TIMEOUT_SECONDS) -> bool:
     """True when the final answer in `response` matches `gold`."""
     return answers_match(extract_answer(response), gold, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- multiple choice
+
+_LETTERS = "ABCDEFGHIJ"
+_CHOICE_PATTERNS = (
+    re.compile(r"answer is\s*:?\s*\(?\$?\\?(?:text\{)?([A-J])\b"),  # "the answer is (C)"
+    re.compile(r"[Aa]nswer\s*:\s*\(?([A-J])\b"),  # "Answer: C"
+)
+
+
+def extract_choice(text: str | None, n_options: int = 10) -> str | None:
+    """The chosen letter: \\boxed{C}, then "answer is (C)", "Answer: C", then the last lone letter."""
+    if not text:
+        return None
+    allowed = _LETTERS[:n_options]
+    boxed = extract_boxed(text)
+    if boxed:
+        m = re.fullmatch(r"\(?\s*(?:\\text\{)?\s*([A-J])\s*\}?\s*\)?(?:[.:].*)?", boxed.strip(), re.S)
+        if m and m.group(1) in allowed:
+            return m.group(1)
+    for pattern in _CHOICE_PATTERNS:
+        found = [x for x in pattern.findall(text) if x in allowed]
+        if found:
+            return found[-1]
+    # A lone letter counts only in parentheses or at the end of a line: "I think" and "A number"
+    # are words, not choices.
+    lone = [a or b for a, b in re.findall(r"\(([A-J])\)|(?<![A-Za-z])([A-J])[.)]?[ \t]*$", text, re.M)]
+    lone = [x for x in lone if x in allowed]
+    return lone[-1] if lone else None
+
+
+def grade_choice(response: str | None, gold_letter: str, n_options: int = 10) -> bool:
+    return extract_choice(response, n_options) == gold_letter

@@ -20,6 +20,8 @@ PROMPT_NAMES = (
     "cgd_critique_system", "cgd_critique_user",  # CGD teacher critique
     "cgd_refine_system", "cgd_refine_user",  # CGD teacher refinement = CGD training input
     "cgd_no_critique_user",  # CGD ablation without the critique (Fig. 4)
+    "self_critique_single_user",  # CFT A.4 single-pass self-critique: solve, critique, correct
+    "self_critique_check_user",  # CFT A.4 two-stage self-critique: the critique step
 )
 
 _PLACEHOLDER = re.compile(r"\{(question|response|critique)\}")

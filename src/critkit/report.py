@@ -16,17 +16,18 @@ from .records import read_jsonl
 __all__ = ["collect", "paired_difference", "write_report"]
 
 
-def _correct_by_id(samples_path: Path) -> dict[str, bool]:
-    return {row["id"]: bool(row["correct"]) for _, row in read_jsonl(samples_path)}
+def _correct_by_id(samples_path: Path) -> dict[str, float]:
+    """Per question, the fraction of its samples graded correct (1.0 or 0.0 with one sample)."""
+    return {row["id"]: sum(row["correct"]) / len(row["correct"]) for _, row in read_jsonl(samples_path)}
 
 
-def paired_difference(model: dict[str, bool], base: dict[str, bool]) -> tuple[float, float, int]:
+def paired_difference(model: dict[str, float], base: dict[str, float]) -> tuple[float, float, int]:
     """(mean difference, half-width of its 95% CI, n) over questions both have."""
     ids = sorted(set(model) & set(base))
     n = len(ids)
     if n < 2:
         return 0.0, float("nan"), n
-    diffs = [int(model[i]) - int(base[i]) for i in ids]
+    diffs = [float(model[i]) - float(base[i]) for i in ids]
     mean = sum(diffs) / n
     var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
     return mean, 1.96 * math.sqrt(var / n), n
@@ -109,3 +110,54 @@ def _plot(results: dict, models: list[str], benchmarks: list[str], path: Path, t
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- across runs
+
+
+def collect_runs(run_dirs: list[Path]) -> tuple[dict, list[str]]:
+    """{label: {benchmark: scores}} for every model evaluated in each run folder.
+
+    A label is `model` for one run and `run/model` for several; benchmarks are listed in the
+    order first seen.
+    """
+    results: dict = {}
+    benchmarks: list[str] = []
+    for run in run_dirs:
+        eval_root = Path(run) / "eval"
+        if not eval_root.is_dir():
+            raise FileNotFoundError(f"{run}: no eval/ folder (run `critkit run` or `critkit eval -o {run}/eval/MODEL`)")
+        for scores_path in sorted(eval_root.glob("*/*/scores.json")):
+            model, bench = scores_path.parent.parent.name, scores_path.parent.name
+            label = model if len(run_dirs) == 1 else f"{Path(run).name}/{model}"
+            results.setdefault(label, {})[bench] = json.loads(scores_path.read_text())
+            if bench not in benchmarks:
+                benchmarks.append(bench)
+    return results, benchmarks
+
+
+def write_collection(run_dirs: list[Path], out_dir: Path, title: str = "critkit results") -> dict:
+    """A table like CFT Table 2 (models x benchmarks, with the average) as markdown, CSV and PNG."""
+    import csv
+
+    results, benchmarks = collect_runs(run_dirs)
+    models = list(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in models:
+        accs = [results[model].get(b, {}).get("accuracy") for b in benchmarks]
+        present = [a for a in accs if a is not None]
+        avg = sum(present) / len(present) if len(present) == len(benchmarks) and present else None
+        rows.append((model, accs, avg))
+    fmt = lambda a: "–" if a is None else f"{100 * a:.1f}"
+    lines = [f"# {title}", "", "| model | " + " | ".join(benchmarks) + " | avg |", "|---" * (len(benchmarks) + 2) + "|"]
+    lines += [f"| {m} | " + " | ".join(fmt(a) for a in accs) + f" | {fmt(avg)} |" for m, accs, avg in rows]
+    lines += ["", "Average only where a model has every benchmark. Per-sample outputs: `<run>/eval/<model>/<benchmark>/samples.jsonl`."]
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    with open(out_dir / "table.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", *benchmarks, "avg"])
+        for m, accs, avg in rows:
+            writer.writerow([m, *("" if a is None else f"{100 * a:.2f}" for a in accs), "" if avg is None else f"{100 * avg:.2f}"])
+    _plot(results, models, benchmarks, out_dir / "table.png", title)
+    return {"models": models, "benchmarks": benchmarks, "rows": rows}

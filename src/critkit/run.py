@@ -95,14 +95,20 @@ def _load_data(cfg: RunConfig, root: Path) -> None:
     from .sources import load_source
 
     data = cfg.data
-    demo_args = {"seed": cfg.seed, **data.get("demo", {})}
-    train_demo, test_demo = make_demo(**demo_args) if "demo" in (data.get("train"), data.get("test")) else ([], [])
-    for split, demo_records in (("train", train_demo), ("test", test_demo)):
-        source = data.get(split, "demo")
+    demo: dict[str, list] = {}
+    if "demo" in (data.get("train"), data.get("test")):
+        splits = make_demo(**{"seed": cfg.seed, **data.get("demo", {})})
+        demo = dict(zip(("train", "test", "validation"), splits))
+    for split in ("train", "test", "validation"):
+        source = data.get(split, "demo" if split in demo else None)
         if source is None:
-            continue  # no held-out file: evaluate on the named benchmarks only
-        records = demo_records if source == "demo" else load_source(source, data.get("source", "auto"), data.get(f"limit_{split}"))
-        write_records(root / "records" / f"{split}.jsonl", records)
+            continue  # no such file: e.g. evaluate on the named benchmarks only
+        if source == "demo":
+            records = demo.get(split, [])
+        else:
+            records = load_source(source, data.get("source", "auto"), data.get(f"limit_{split}"))
+        if records:
+            write_records(root / "records" / f"{split}.jsonl", records)
 
 
 def _sampling(options: dict, seed: int, **defaults) -> Sampling:
