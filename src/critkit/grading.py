@@ -127,11 +127,22 @@ def _run_with_timeout(fn, timeout: float):
     return result[0]
 
 
+_WRAPPER = re.compile(r"^\\(?:textbf|text|mathbf|mathrm|bf)\{(.*)\}$", re.S)
+
+
+def _unwrap(answer: str) -> str:
+    """Formatting around an answer is not part of it: \textbf{(073)} is 073 (AIME-style)."""
+    while (m := _WRAPPER.match(answer)) is not None:
+        answer = m.group(1).strip()
+    m = re.fullmatch(r"\(\s*(-?\d+(?:\.\d+)?)\s*\)", answer)
+    return m.group(1) if m else answer
+
+
 def answers_match(pred: str | None, gold: str | None, timeout: float = GRADE_TIMEOUT_SECONDS) -> bool:
     """True when an extracted answer equals the gold answer, textually or mathematically."""
     if pred is None or gold is None:
         return False
-    pred, gold = str(pred).strip(), str(gold).strip()
+    pred, gold = _unwrap(str(pred).strip()), str(gold).strip()
     if not pred or not gold:
         return False
     if _plain_equal(pred, gold):
