@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.critkit-installed
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart test clean bench-eval
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,5 +28,14 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# lm-evaluation-harness in its own venv, so its pins never touch critkit's.
+.venv-lmeval/.installed:
+	$(PYTHON) -m venv .venv-lmeval
+	.venv-lmeval/bin/python -m pip install -q "$(TORCH_SPEC)" "transformers==5.23.*" "lm-eval[hf]==0.4.13"
+	touch $@
+
+bench-eval: $(STAMP) .venv-lmeval/.installed
+	$(PY) benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-lmeval runs

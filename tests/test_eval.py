@@ -14,7 +14,7 @@ from critkit.grading import grade
 ROWS = {"gsm8k": 1319, "math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "amc23": 40, "theoremqa": 800}
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", sorted(ROWS))  # multiple-choice files are user-supplied
 def test_every_builtin_benchmark_loads_with_gold(name, shared_data):
     problems, bad = load_benchmark(BENCHMARKS[name])
     assert len(problems) == ROWS[name] and not bad

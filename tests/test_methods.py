@@ -47,6 +47,13 @@ RENDERED = [
      f"Question: {Q}\n\nStudent's Initial Answer: {R}\n\nCritique: {C}"),
     ("cgd_no_critique_user", {"question": Q, "response": R}, f"Question: {Q}\n\nStudent's Initial Answer: {R}"),
     ("base_answer", {"question": Q}, f"Question: {Q}\n\nAnswer:"),
+    # critkit's own wording of CFT appendix A.4's self-critique steps (the paper gives no text).
+    ("self_critique_single_user", {"question": Q},
+     f"{Q}\n\nSolve the problem step by step. Then critique your own solution: check every step and the final "
+     "answer. If you find a mistake, write a corrected solution. Put your final answer within \\boxed{}."),
+    ("self_critique_check_user", {"question": Q, "response": R},
+     f"Please critique whether the following solution to the question is correct.\n\nQuestion:\n{Q}\n\nSolution:\n{R}"
+     "\n\nCheck each step. End with exactly one line: 'Critique Conclusion: Correct' or 'Critique Conclusion: Incorrect'."),
 ]
 
 

@@ -17,7 +17,9 @@ def _config(tmp_path, tiny_model, methods) -> str:
     cfg = {
         "name": "tiny", "output_dir": str(tmp_path / "run"), "model": tiny_model, "seed": 0,
         "data": {"train": "demo", "test": "demo", "demo": {"train": 12, "test": 6}},
-        "synth": {"teacher": "reference", "critique_style": "cft", "student": {"max_new_tokens": 6, "batch_size": 12}},
+        "synth": {"teacher": "reference", "critique_style": "cft",
+                  # the random tiny model answers greedy prompts with blank lines; sampling gives text
+                  "student": {"max_new_tokens": 6, "batch_size": 12, "temperature": 1.0}},
         "methods": methods,
         "train": {"sft": {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_length": 256}},
         "eval": {"benchmarks": ["test"], "max_new_tokens": 6, "batch_size": 6},
@@ -33,7 +35,11 @@ def test_run_every_method_then_resume(tiny_model, tmp_path, capsys):
     root = tmp_path / "run"
     records = read_records(root / "synth" / "solve.jsonl")
     assert len(records) == 12 and all(r.response is not None and r.critique and r.refined for r in records)
-    for method in METHODS:
+    # A method with no usable pair (sft-verified needs a right answer; the random tiny model
+    # rarely gives one) is reported and skipped; every other method is trained and evaluated.
+    untrained = {m for m in METHODS if (root / "pairs" / f"{m}.jsonl").stat().st_size == 0}
+    assert untrained <= {"sft-verified"}
+    for method in set(METHODS) - untrained:
         assert (root / "models" / method / "final").exists(), method
         scores = json.loads((root / "eval" / method / "test" / "scores.json").read_text())
         assert scores["n"] == 6
@@ -48,7 +54,7 @@ def test_run_every_method_then_resume(tiny_model, tmp_path, capsys):
     steps_before = (root / "steps.jsonl").read_text().count("\n")
     assert main(["run", config]) == 0
     out = capsys.readouterr().out
-    assert out.count("already done, skipped") == 1 + 4 + 1 + 3 * len(METHODS)
+    assert out.count("already done, skipped") == 1 + 4 + 1 + len(METHODS) + 2 * (len(METHODS) - len(untrained))
     assert (root / "steps.jsonl").read_text().count("\n") == steps_before + 1  # only the report again
 
 

@@ -2,22 +2,33 @@
 
 - `TransformersBackend`: a local model, batched with left padding through the chat template.
 - `OpenAIBackend`: any OpenAI-compatible /v1/chat/completions server (vLLM, SGLang, hosted APIs).
-  The API key is read from an environment variable and never written anywhere.
+  The API key is read from an environment variable and never written anywhere. Each request is
+  retried on 429, 5xx, timeouts, broken connections and garbled replies (exponential backoff with
+  full jitter, honouring Retry-After), and requests-per-minute / tokens-per-minute limits are kept
+  by token buckets.
 
-Both return, for each conversation, a list of `sampling.n` completions.
+Both return, for each conversation, a list of `sampling.n` completions. `generate` raises on the
+first request that fails for good; `generate_each` never raises for one request: it reports a
+`Reply` (texts and token usage, or an error string) per conversation, as each one finishes, which
+is what a long synthesis job needs to keep going and to record failures.
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import os
+import random
+import threading
+import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
-__all__ = ["Sampling", "TransformersBackend", "OpenAIBackend", "make_backend", "BackendError"]
+__all__ = ["Sampling", "TransformersBackend", "OpenAIBackend", "make_backend", "BackendError", "Reply", "RateLimiter"]
 
 Messages = list[dict[str, str]]
 
@@ -39,6 +50,78 @@ class BackendError(RuntimeError):
     pass
 
 
+class TransientError(BackendError):
+    """A failure worth another try: 408/409/429/5xx, a timeout, a broken connection, a garbled body."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Reply:
+    """What one conversation got: `texts` (sampling.n completions) or an `error`, never both."""
+
+    texts: list[str] | None = None
+    usage: dict = field(default_factory=dict)  # prompt_tokens / completion_tokens as the server counted them
+    error: str | None = None
+    tries: int = 1
+    waited: float = 0.0  # seconds spent backing off between tries
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+OnResult = Callable[[int, Reply], None]
+
+
+class RateLimiter:
+    """A token bucket: `rate_per_minute` units per minute, at most one minute's worth saved up.
+
+    Providers count their limits per minute, so a full minute's budget may go out at once; after
+    that units come back continuously. A single request larger than the bucket is let through
+    when the bucket is full (otherwise it could never pass) and leaves the bucket in debt.
+    `clock` and `sleep` are parameters so the arithmetic can be checked without waiting.
+    """
+
+    def __init__(self, rate_per_minute: float, clock=time.monotonic, sleep=time.sleep):
+        if rate_per_minute <= 0:
+            raise ValueError("a rate limit must be positive")
+        self.capacity = float(rate_per_minute)
+        self.per_second = rate_per_minute / 60.0
+        self.clock, self.sleep = clock, sleep
+        self.level = self.capacity
+        self.stamp = clock()
+        self.lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_second)
+        self.stamp = now
+
+    def acquire(self, amount: float = 1.0) -> float:
+        """Take `amount` units, sleeping until they are there; returns the seconds slept."""
+        slept = 0.0
+        while True:
+            with self.lock:
+                self._refill()
+                need = min(amount, self.capacity)
+                if self.level >= need:
+                    self.level -= amount
+                    return slept
+                wait_for = (need - self.level) / self.per_second
+            self.sleep(wait_for)  # outside the lock: other threads may refund meanwhile
+            slept += wait_for
+
+    def refund(self, amount: float) -> None:
+        """Give back (or, negative, charge) units once the true cost of a request is known."""
+        with self.lock:
+            self._refill()
+            self.level = min(self.capacity, self.level + amount)
+
+
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     cut = len(text)
     for s in stop:
@@ -51,10 +134,14 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 class TransformersBackend:
     """Batched local generation. Prompts are sorted by length so a batch pads little."""
 
-    def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True):
+    def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True,
+                 stop_at_answer: bool = False):
         from .models import load_model, load_tokenizer
 
         self.name = model
+        # Evaluation can end each answer right after its first complete \boxed{}: what follows is
+        # never graded. Off by default, because format-drift counts read the whole output.
+        self.stop_at_answer = stop_at_answer
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_model(model, dtype=dtype)
         self.batch_size = batch_size
@@ -64,40 +151,66 @@ class TransformersBackend:
     def render(self, conversation: Messages) -> str:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
-        import torch
-        from tqdm.auto import tqdm
-
+    def _sorted(self, conversations: list[Messages]) -> tuple[list[str], list[int], list[int]]:
         texts = [self.render(c) for c in conversations]
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        return texts, lengths, order
+
+    def _batch(self, prompts: list[str], sampling: Sampling, seed: int) -> list[tuple[list[str], int]]:
+        """Generate for one padded batch: per prompt, (sampling.n texts, completion tokens)."""
+        from .generation import decode
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if sampling.n > 1:  # n samples of a prompt are n rows next to each other
+            ids, mask = ids.repeat_interleave(sampling.n, dim=0), mask.repeat_interleave(sampling.n, dim=0)
+        gen = decode(self.model, self.tokenizer, ids, mask, sampling.max_new_tokens, temperature=sampling.temperature,
+                     top_p=sampling.top_p, seed=seed, stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer)
+        counts = [len(g) for g in gen]
+        self.generated_tokens += int(sum(counts))
+        decoded = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
+        n = sampling.n
+        return [([_cut_at_stop(t, sampling.stop).strip() for t in decoded[j * n : (j + 1) * n]], int(sum(counts[j * n : (j + 1) * n])))
+                for j in range(len(prompts))]
+
+    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
+        from tqdm.auto import tqdm
+
+        texts, _, order = self._sorted(conversations)
         results: list[list[str]] = [[] for _ in texts]
-        device = self.model.device
         bar = tqdm(total=len(texts), desc=desc, unit="prompt", disable=not self.progress)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                          num_return_sequences=sampling.n)
-            if sampling.temperature > 0:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if sampling.stop:
-                kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
             # Seed per batch from the run seed and the batch position: reruns draw the same samples.
-            torch.manual_seed(sampling.seed + start)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
-            gen = out[:, enc["input_ids"].shape[1] :]
-            self.generated_tokens += int((gen != self.tokenizer.pad_token_id).sum())
-            decoded = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
-            for j, i in enumerate(idx):
-                chunk = decoded[j * sampling.n : (j + 1) * sampling.n]
-                results[i] = [_cut_at_stop(t, sampling.stop).strip() for t in chunk]
+            for i, (outs, _) in zip(idx, self._batch([texts[i] for i in idx], sampling, sampling.seed + start)):
+                results[i] = outs
             bar.update(len(idx))
         bar.close()
         return results
+
+    def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
+                      desc: str = "generate") -> list[Reply]:
+        """Like `generate`, batched, but a failing batch becomes error replies instead of an exception.
+
+        Token usage is counted with the model's own tokenizer (prompt as rendered by the chat
+        template; completion tokens up to the first padding).
+        """
+        texts, lengths, order = self._sorted(conversations)
+        replies: list[Reply | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            try:
+                outs = self._batch([texts[i] for i in idx], sampling, sampling.seed + start)
+                batch = [Reply(texts=o, usage={"prompt_tokens": lengths[i], "completion_tokens": c})
+                         for i, (o, c) in zip(idx, outs)]
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one batch; the others go on
+                batch = [Reply(error=f"{type(exc).__name__}: {exc}") for _ in idx]
+            for i, reply in zip(idx, batch):
+                replies[i] = reply
+                if on_result:
+                    on_result(i, reply)
+        return replies
 
 
 class OpenAIBackend:
@@ -105,17 +218,36 @@ class OpenAIBackend:
 
     Uses the standard library's HTTP client on purpose: no SDK is needed to talk to vLLM or a
     hosted API, and the request is exactly the documented JSON.
+
+    Each request is tried up to `max_tries` times. Between tries it waits a random time between 0
+    and `backoff * 2**(try-1)` seconds, capped at `backoff_max` ("full jitter": many clients that
+    failed together do not come back together), or what the server's Retry-After asks for, up to
+    `max_retry_after`. The defaults follow the OpenAI Python SDK (2 retries, 0.5 s to 8 s).
+    `timeout` applies to connecting and to each read of one request. `rpm` / `tpm` keep requests
+    and tokens per minute under a provider's limits; a request's tokens are estimated before it is
+    sent (prompt characters / 4 + max_tokens * n) and corrected from the reply's usage.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout: float = 600.0, progress: bool = True):
+                 concurrency: int = 8, timeout: float = 600.0, progress: bool = True, max_tries: int = 3,
+                 backoff: float = 0.5, backoff_max: float = 8.0, max_retry_after: float = 60.0,
+                 rpm: float | None = None, tpm: float | None = None):
+        if max_tries < 1 or concurrency < 1:
+            raise ValueError("max_tries and concurrency must be at least 1")
         self.name = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.api_key_env = api_key_env  # the variable's name; the key itself is read per request
         self.concurrency = concurrency
         self.timeout = timeout
         self.progress = progress
+        self.max_tries = max_tries
+        self.backoff, self.backoff_max, self.max_retry_after = backoff, backoff_max, max_retry_after
+        self.rpm = RateLimiter(rpm) if rpm else None
+        self.tpm = RateLimiter(tpm) if tpm else None
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self._random = random.Random()
+
+    # ------------------------------------------------------------------------- one HTTP exchange
 
     def _post(self, payload: dict) -> dict:
         req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(payload).encode(),
@@ -128,47 +260,166 @@ class OpenAIBackend:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            raise BackendError(f"{self.base_url}: HTTP {exc.code}: {detail}") from None
+            try:
+                detail = exc.read()[:300].decode("utf-8", "replace")
+            except (http.client.HTTPException, OSError):
+                detail = ""
+            message = f"{self.base_url}: HTTP {exc.code}: {detail}"
+            # 408 timeout, 409 conflict (OpenAI uses it for lock contention), 429 rate limit, 5xx.
+            if exc.code in (408, 409, 429) or exc.code >= 500:
+                raise TransientError(message, _retry_after(exc.headers)) from None
+            raise BackendError(message) from None
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-            raise BackendError(f"{self.base_url}: {exc}") from None
+            # Refused or reset connections, timeouts, a reply cut short (IncompleteRead), not HTTP.
+            raise TransientError(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
         try:
-            data = json.loads(body)
-            return data
+            return json.loads(body)
         except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
-            raise BackendError(f"{self.base_url}: reply is not JSON: {body[:200]!r}") from None
+            # A body garbled on the way (proxy, truncation) is worth another try; a server that
+            # always answers HTML still ends after max_tries with this message.
+            raise TransientError(f"{self.base_url}: reply is not JSON: {body[:200]!r}") from None
 
-    def _one(self, conversation: Messages, sampling: Sampling) -> tuple[list[str], dict]:
+    def _payload(self, conversation: Messages, sampling: Sampling) -> dict:
         payload = {"model": self.name, "messages": conversation, "max_tokens": sampling.max_new_tokens,
                    "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n, "seed": sampling.seed}
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
-        data = self._post(payload)
+        return payload
+
+    def _parse(self, data) -> tuple[list[str], dict, list[str]]:
         try:
-            texts = [choice["message"]["content"] or "" for choice in data["choices"]]
-        except (KeyError, TypeError):
-            texts = []
+            choices = data["choices"]
+            texts = [choice["message"]["content"] or "" for choice in choices]
+            reasons = [str(choice.get("finish_reason") or "") for choice in choices]
+        except (KeyError, TypeError, AttributeError):
+            texts, reasons = [], []
         if not texts:
             raise BackendError(f"{self.base_url}: reply has no choices[].message.content: {str(data)[:200]}")
-        return texts, data.get("usage") or {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return texts, usage, reasons
 
-    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
-        from tqdm.auto import tqdm
-
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._one, c, sampling) for c in conversations]
+    def _request(self, conversation: Messages, sampling: Sampling) -> Reply:
+        """One conversation, with retries; never raises for a failed request (see Reply.error)."""
+        payload = self._payload(conversation, sampling)
+        estimate = sum(len(m.get("content") or "") for m in conversation) / 4 + sampling.max_new_tokens * sampling.n
+        waited = 0.0
+        for tries in range(1, self.max_tries + 1):
+            if self.rpm:
+                waited += self.rpm.acquire(1)
+            if self.tpm:
+                waited += self.tpm.acquire(estimate)
             try:
-                replies = [f.result() for f in tqdm(futures, desc=desc, unit="request", disable=not self.progress)]
+                texts, usage, reasons = self._parse(self._post(payload))
+            except TransientError as exc:
+                if tries == self.max_tries:
+                    return Reply(error=f"{exc} (gave up after {tries} tries)", tries=tries, waited=waited)
+                delay = self._delay(tries, exc.retry_after)
+                time.sleep(delay)
+                waited += delay
+                continue
+            except BackendError as exc:  # the server answered, and the answer will not change
+                return Reply(error=str(exc), tries=tries, waited=waited)
+            if self.tpm:
+                spent = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+                if spent:
+                    self.tpm.refund(estimate - spent)
+            return Reply(texts=texts, usage=usage, tries=tries, waited=waited, finish_reasons=reasons)
+        raise AssertionError("unreachable")
+
+    def _delay(self, tries: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return self._random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (tries - 1)))
+
+    # ------------------------------------------------------------------------------- many requests
+
+    def _each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult, stop_on_error: bool) -> None:
+        """Run requests with `concurrency` in flight; `on_result` is called in this thread.
+
+        Only a window of 2 x concurrency requests is queued at a time, so a million conversations
+        do not become a million futures, and stopping early leaves nothing queued to send.
+        """
+        pending = iter(enumerate(conversations))
+        window = 2 * self.concurrency
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            running: dict = {}
+
+            def top_up():
+                for i, conv in pending:
+                    running[pool.submit(self._request, conv, sampling)] = i
+                    if len(running) >= window:
+                        break
+
+            try:
+                top_up()
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = running.pop(future)
+                        reply = future.result()
+                        # Summed here, in one thread: `+=` on a shared dict from the workers can lose updates.
+                        for key in self.usage:
+                            self.usage[key] += int(reply.usage.get(key) or 0)
+                        on_result(i, reply)
+                        if stop_on_error and not reply.ok:
+                            raise BackendError(reply.error)
+                    top_up()
             except BaseException:
                 # Without this the pool would still send (and a hosted API bill) every queued request.
-                for f in futures:
-                    f.cancel()
+                for future in running:
+                    future.cancel()
                 raise
-        # Summed here, in one thread: `+=` on a shared dict from the workers can lose updates.
-        for _, usage in replies:
-            for key in self.usage:
-                self.usage[key] += int(usage.get(key) or 0)
-        return [texts for texts, _ in replies]
+
+    def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
+                      desc: str = "generate") -> list[Reply]:
+        """A Reply per conversation; `on_result(index, reply)` as each finishes, in completion order."""
+        replies: list[Reply | None] = [None] * len(conversations)
+
+        def record(i: int, reply: Reply) -> None:
+            replies[i] = reply
+            if on_result:
+                on_result(i, reply)
+
+        self._each(conversations, sampling, record, stop_on_error=False)
+        return replies
+
+    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
+        """All completions, or BackendError for the first request that failed after its retries."""
+        from tqdm.auto import tqdm
+
+        results: list[list[str]] = [[] for _ in conversations]
+        with tqdm(total=len(conversations), desc=desc, unit="request", disable=not self.progress) as bar:
+            def record(i: int, reply: Reply) -> None:
+                if reply.ok:
+                    results[i] = reply.texts
+                bar.update(1)
+
+            self._each(conversations, sampling, record, stop_on_error=True)
+        return results
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a server asks us to wait: `retry-after-ms` (OpenAI), `Retry-After` seconds or date."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def make_backend(model: str, backend: str = "auto", **options):
@@ -176,9 +427,10 @@ def make_backend(model: str, backend: str = "auto", **options):
     if backend == "auto":
         backend = "openai" if options.get("base_url") else "transformers"
     if backend == "transformers":
-        allowed = {"batch_size", "dtype", "progress"}
+        allowed = {"batch_size", "dtype", "progress", "stop_at_answer"}
         return TransformersBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
     if backend == "openai":
-        allowed = {"base_url", "api_key_env", "concurrency", "timeout", "progress"}
+        allowed = {"base_url", "api_key_env", "concurrency", "timeout", "progress", "max_tries", "backoff",
+                   "backoff_max", "max_retry_after", "rpm", "tpm"}
         return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
     raise ValueError(f"unknown backend {backend!r}; use transformers or openai")

@@ -51,25 +51,48 @@ def _backend(args, name: str):
 
     if name == REFERENCE:
         return REFERENCE
+    # The job flags (retries, limits, timeout) exist on the synthesis stages only.
     return make_backend(name, args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                        concurrency=args.concurrency, batch_size=args.batch_size)
+                        concurrency=args.concurrency, batch_size=args.batch_size, timeout=getattr(args, "timeout", None),
+                        max_tries=getattr(args, "max_tries", None), rpm=getattr(args, "rpm", None),
+                        tpm=getattr(args, "tpm", None))
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the durable stage runner (critkit/jobs.py): resume, retries, limits, shards, prices."""
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (connect and each read; openai backend)")
+    p.add_argument("--max-tries", type=int, default=6,
+                   help="tries per request on 429 / 5xx / timeouts / broken connections, with backoff; then the record is failed")
+    p.add_argument("--rpm", type=float, help="requests-per-minute limit (openai backend)")
+    p.add_argument("--tpm", type=float, help="tokens-per-minute limit (openai backend; prompt chars/4 + max tokens, corrected by usage)")
+    p.add_argument("--retry-failed", action="store_true", help="also redo the records that failed in an earlier run")
+    p.add_argument("--shard", help="i/n: process only shard i of n (stable hash of the record id); merge with `critkit merge`")
+    p.add_argument("--prices", help="YAML file: {model: {prompt: P, completion: C}} per million tokens")
+    p.add_argument("--price-prompt", type=float, help="price per million prompt tokens of this run's model")
+    p.add_argument("--price-completion", type=float, help="price per million completion tokens of this run's model")
 
 
 def cmd_stage(args) -> None:
-    from . import synth
-    from .records import read_records, write_records
+    from .jobs import format_summary, load_prices, parse_shard, run_stage
 
-    records = read_records(args.input)
-    sampling = _sampling(args)
-    if args.command == "respond":
-        out, report = synth.respond(records, _backend(args, args.student), sampling, prompt=args.prompt)
-    elif args.command == "critique":
-        out, report = synth.critique(records, _backend(args, args.teacher), sampling, style=args.style)
-    else:
-        out, report = getattr(synth, args.command)(records, _backend(args, args.teacher), sampling)
-    write_records(args.output, out)
-    print(report.line(args.command))
-    print(f"wrote {len(out)} records to {args.output}")
+    who = args.student if args.command == "respond" else args.teacher
+    prices = load_prices(args.prices, who, args.price_prompt, args.price_completion)
+    summary = run_stage(args.command, args.input, args.output, _backend(args, who), _sampling(args),
+                        style=getattr(args, "style", "cft"), prompt=getattr(args, "prompt", "cot"),
+                        retry_failed=args.retry_failed, shard=parse_shard(args.shard), prices=prices)
+    print(format_summary(summary))
+
+
+def cmd_merge(args) -> None:
+    from .jobs import format_summary, load_prices, merge_shards
+
+    print(format_summary(merge_shards(args.shards, args.output, stage=args.stage, prices=load_prices(args.prices))))
+
+
+def cmd_stats(args) -> None:
+    from .stats import run_stats
+
+    print(run_stats(args.file, png=args.png, tokenizer=args.tokenizer))
 
 
 def cmd_data(args) -> None:
@@ -93,7 +116,7 @@ def cmd_build(args) -> None:
     from .methods import build_pairs
     from .records import read_records, write_jsonl
 
-    rows, skipped = build_pairs(args.method, read_records(args.input))
+    rows, skipped = build_pairs(args.method, read_records(args.input), verified_only=args.verified_only)
     write_jsonl(args.output, rows)
     print(f"{args.method}: wrote {len(rows)} pairs to {args.output}")
     if skipped:
@@ -112,11 +135,14 @@ def cmd_eval(args) -> None:
     from .evaluate import evaluate
 
     backend = make_backend(args.model, args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                           concurrency=args.concurrency, batch_size=args.batch_size)
-    scores = evaluate(backend, args.benchmarks, args.output, _sampling(args), limit=args.limit)
-    print(f"| benchmark | accuracy | n | no answer |\n|---|---|---|---|")
+                           concurrency=args.concurrency, batch_size=args.batch_size, stop_at_answer=args.stop_at_answer)
+    scores = evaluate(backend, args.benchmarks, args.output, _sampling(args), limit=args.limit, mode=args.mode, rounds=args.rounds)
+    extra = [k for k in next(iter(scores.values()), {}) if k.startswith(("pass@", "maj@"))]
+    print("| benchmark | accuracy | n | no answer | critique-format | " + " | ".join(extra) + " |")
+    print("|---" * (5 + len(extra)) + "|")
     for name, s in scores.items():
-        print(f"| {s['benchmark']} | {100 * s['accuracy']:.1f} | {s['n']} | {100 * s['no_answer']:.0f}% |")
+        print(f"| {s['benchmark']} | {100 * s['accuracy']:.1f} | {s['n']} | {100 * s['no_answer']:.0f}% | "
+              f"{100 * s['critique_format']:.0f}% | " + " | ".join(f"{100 * s[k]:.1f}" for k in extra) + " |")
         if s["bad_rows"]:
             print(f"  {name}: {s['bad_rows']} unusable rows, e.g. {s['bad_examples'][0]}")
 
@@ -127,10 +153,77 @@ def cmd_run(args) -> None:
     run(load_run_config(_config_path(args.config), args.overrides))
 
 
+def cmd_report(args) -> None:
+    from .report import write_collection
+
+    table = write_collection([Path(r) for r in args.runs], Path(args.output), title=args.title)
+    print((Path(args.output) / "table.md").read_text())
+    print(f"wrote {args.output}/table.md, table.csv, table.png ({len(table['models'])} models)")
+
+
+def cmd_select(args) -> None:
+    from .select import select_checkpoints
+
+    choice = select_checkpoints(Path(args.run_dir), args.method, validation=args.validation, limit=args.limit,
+                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    for method, c in choice.items():
+        scores = ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in c["scores"].items())
+        print(f"{method}: best {c['best']} ({scores}); written to {c['path']}")
+
+
 def cmd_serve(args) -> None:
     from .serve import run_server
 
     run_server(args.model, args.host, args.port, args.batch_size)
+
+
+# ------------------------------------------------------------------------------- diagnose
+
+
+def cmd_diagnose(args) -> None:
+    from .diagnostics import run_probe
+    from .records import RecordError
+
+    options = {k: getattr(args, k) for k in ("max_new_tokens", "nonsense", "seed", "batch_size") if hasattr(args, k)}
+    try:
+        result = run_probe(args.probe, args.records, args.models, labels=args.labels, limit=args.limit,
+                           output=args.output, **options)
+    except RecordError:
+        raise  # main() reports it with the file and line
+    except ValueError as exc:  # labels that do not match the models, a model the attention probe cannot hook
+        raise SystemExit(f"critkit: error: {exc}") from None
+    print("\n".join(result["summary"]))
+    print(f"wrote {' and '.join(result['files'])}")
+
+
+def _add_diagnose_parser(sub) -> None:
+    """`critkit diagnose PROBE`: the CGD appendix C probes, each on several models and one records file."""
+    d = sub.add_parser("diagnose", help="why critique training works: entropy, gradnorm, attention, counterfactual probes (CGD appendix C)")
+    probes = d.add_subparsers(dest="probe", required=True)
+    helps = {
+        "entropy": "entropy of the first answer token given question + answer + critique, paired t-test between models (CGD Table 9)",
+        "gradnorm": "gradient L2 norm of the loss on the target answer, with and without the critique (CGD Table 10)",
+        "attention": "attention shares of generated tokens over problem / student answer / critique, per layer and "
+                     "phase; loads the models with eager attention so the weights exist (CGD Figures 9-11)",
+        "counterfactual": "accuracy given the factual critique vs a nonsense critique (CGD Table 11)",
+    }
+    for name, help_text in helps.items():
+        p = probes.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--records", "-i", required=True, help="records file with question, response, critique and "
+                       "refined (or reference) fields" + (", and gold" if name == "counterfactual" else ""))
+        p.add_argument("--models", nargs="+", default=["embedded"], help="models to compare: 'embedded', HF ids, "
+                       "checkpoint or LoRA adapter folders")
+        p.add_argument("--labels", nargs="+", help="one name per model for tables and plots (default: from the path)")
+        p.add_argument("--limit", type=int, help="first N usable records")
+        p.add_argument("--output", "-o", default="runs/diagnose", help=f"folder for {name}.json and {name}.png")
+        if name in ("attention", "counterfactual"):
+            p.add_argument("--max-new-tokens", type=int, default=64 if name == "attention" else 512)
+        if name == "counterfactual":
+            p.add_argument("--nonsense", default="other", choices=["other", "fixed"],
+                           help="other: a different record's critique (seeded per record); fixed: one irrelevant text")
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--batch-size", type=int, default=8)
+        p.set_defaults(fn=cmd_diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in stages.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--input", "-i", required=True, help="records file")
-        p.add_argument("--output", "-o", required=True, help="records file to write")
+        p.add_argument("--output", "-o", required=True,
+                       help="records .jsonl to write: appended as items finish; rerun the same command to resume")
+        _add_job_flags(p)
         if name == "respond":
             _add_model_flags(p, "student", "embedded")
             p.add_argument("--prompt", default="cot", choices=["cot", "base"], help="cot: Qwen2.5-Math chat prompt; base: 'Question: ...\\n\\nAnswer:'")
@@ -166,7 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", "-m", required=True, help="one of: sft, sft-verified, sft-teacher, sft-gold, cft, distilled-sft, cgd, cgd-no-critique")
     p.add_argument("--input", "-i", required=True)
     p.add_argument("--output", "-o", required=True)
+    p.add_argument("--verified-only", action="store_true",
+                   help="keep only records whose teacher verdict agrees with math-verify's grade of the response")
     p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("merge", help="join the outputs of `--shard i/n` runs, refusing missing or overlapping shards")
+    p.add_argument("shards", nargs="+", help="the shard output files")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--stage", choices=["respond", "critique", "refine", "solve"], help="default: read from the files")
+    p.add_argument("--prices", help="YAML file: {model: {prompt: P, completion: C}} per million tokens")
+    p.set_defaults(fn=cmd_merge)
+
+    p = sub.add_parser("stats", help="statistics of a synthesized set; writes a PNG of length histograms")
+    p.add_argument("file", help="records .jsonl (a stage output)")
+    p.add_argument("--png", help="where to write the histograms (default: FILE with .stats.png)")
+    p.add_argument("--tokenizer", default="embedded", help="tokenizer for lengths: a model name or path, or 'whitespace'")
+    p.set_defaults(fn=cmd_stats)
 
     p = sub.add_parser("train", help="fine-tune with TRL SFTTrainer; overrides as key=value (SFTConfig fields)")
     p.add_argument("config", nargs="?", help="YAML config or packaged name")
@@ -178,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", nargs="+", default=["gsm8k"], help="names (gsm8k, math500, ...), spec .yaml files or records .jsonl")
     p.add_argument("--output", "-o", default="runs/eval")
     p.add_argument("--limit", type=int, help="first N questions of each benchmark")
+    p.add_argument("--mode", default="direct", choices=["direct", "self-critique", "self-critique-2stage"],
+                   help="direct answers, or CFT appendix A.4 self-critique (single pass / two stages)")
+    p.add_argument("--rounds", type=int, default=8, help="self-critique-2stage: most solve attempts")
+    p.add_argument("--stop-at-answer", action="store_true", help="end each answer after its first complete \\boxed{} (faster; "
+                   "text after the answer is not kept, so format-drift counts see less)")
     p.set_defaults(fn=cmd_eval, max_new_tokens=1024)
 
     p = sub.add_parser("run", help="the whole pipeline from a run config; rerun to resume")
@@ -185,12 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. output_dir=runs/x methods=[sft-gold] learning_rate=1e-4")
     p.set_defaults(fn=cmd_run)
 
+    p = sub.add_parser("report", help="collect runs into a models x benchmarks table (markdown, CSV, PNG)")
+    p.add_argument("runs", nargs="+", help="run folders (each with eval/<model>/<benchmark>/scores.json)")
+    p.add_argument("--output", "-o", default="runs/report")
+    p.add_argument("--title", default="critkit results")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("select", help="evaluate every saved checkpoint on a validation split and keep the best")
+    p.add_argument("run_dir")
+    p.add_argument("--method", help="one method's checkpoints (default: every method of the run)")
+    p.add_argument("--validation", help="records .jsonl or spec; default: the run's records/validation.jsonl")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(fn=cmd_select)
+
     p = sub.add_parser("serve", help="OpenAI-compatible chat server for a local model (loopback, for tests and laptops)")
     p.add_argument("--model", default="embedded")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(fn=cmd_serve)
+
+    _add_diagnose_parser(sub)
     return parser
 
 
@@ -200,12 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .records import RecordError
     from .config import ConfigError
+    from .jobs import JobError
 
     try:
         args.fn(args)
-    except (RecordError, ConfigError) as exc:
+    except (RecordError, ConfigError, JobError) as exc:
         print(f"critkit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Synthesis stages keep every finished record in their output; say how to go on.
+        print("critkit: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["Record", "RecordError", "read_records", "write_records", "read_jsonl", "write_jsonl", "atomic_path"]
+__all__ = ["Record", "RecordError", "read_records", "scan_records", "write_records", "read_jsonl", "write_jsonl", "atomic_path"]
 
 VERDICTS = ("right", "wrong", "unparsed")
 
@@ -159,6 +159,46 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 def read_records(path: str | os.PathLike) -> list[Record]:
     """All records of a file; the first bad row stops the read with its file and row number."""
     return [Record.from_dict(decode_meta(row), path, number) for number, row in read_rows(path)]
+
+
+def scan_records(path: str | os.PathLike) -> tuple[list[tuple[int, Record]], list[RecordError]]:
+    """Every good record with its line (or row) number, and an error for each bad one.
+
+    For long jobs: one bad line (not JSON, no question, a duplicate id) is reported with its
+    location and the rest still run. `read_records` is the strict version for small files.
+    """
+    path = Path(path)
+    good: list[tuple[int, Record]] = []
+    problems: list[RecordError] = []
+    seen: dict[str, int] = {}
+
+    def take(number: int, row) -> None:
+        try:
+            rec = Record.from_dict(decode_meta(row) if isinstance(row, dict) else row, path, number)
+        except RecordError as exc:
+            problems.append(exc)
+            return
+        if rec.id in seen:
+            problems.append(RecordError(path, number, f"duplicate id {rec.id!r} (first at line {seen[rec.id]}); skipped"))
+            return
+        seen[rec.id] = number
+        good.append((number, rec))
+
+    if path.exists() and _format(path) == "jsonl":
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
+                    problems.append(RecordError(path, number, f"malformed JSON ({getattr(exc, 'msg', exc)})"))
+                    continue
+                take(number, row)
+    else:
+        for number, row in read_rows(path):  # parquet / HF rows cannot be torn or half-written
+            take(number, row)
+    return good, problems
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record]) -> int:

@@ -207,6 +207,11 @@ def run(cfg: RunConfig) -> dict:
             print(f"  {method}: {len(rows)} pairs, skipped {sum(skipped.values())} ({why})", flush=True)
 
         step(f"build {method}", pairs_path.exists(), build)
+        if pairs_path.stat().st_size == 0:
+            # One method without usable data (e.g. sft-verified when no answer was right) must not
+            # stop the others; the report shows it as not trained.
+            print(f"[critkit] {method}: no training pairs, not trained (see the build step for why)", flush=True)
+            continue
         tcfg = _train_config(cfg, method)
         final = Path(tcfg.output_dir) / "final"
         step(f"train {method}", (final / "config.json").exists() or (final / "adapter_config.json").exists(), lambda tcfg=tcfg: train(tcfg))
