@@ -32,6 +32,15 @@ def scripted_reply(conversation) -> str:
     return f"Critique {digest}: the steps were checked one by one against the question.\nConclusion: {verdict} [END]"
 
 
+def write_reply(handler: BaseHTTPRequestHandler, status: int, headers: dict, body: bytes) -> None:
+    """Send one complete HTTP reply from a test handler."""
+    handler.send_response(status)
+    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class ScriptedTeacher:
     """A backend object for `critkit.serve.serve`: instant (or `delay` seconds per call), counted."""
 

@@ -17,6 +17,7 @@ import pytest
 
 from critkit.backends import BackendError, OpenAIBackend, Sampling, TransformersBackend
 from critkit.serve import serve
+from synth_servers import write_reply
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
@@ -113,11 +114,7 @@ class Canned(BaseHTTPRequestHandler):
         if status is None:  # not HTTP at all
             self.wfile.write(body)
             return
-        self.send_response(status)
-        for name, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        write_reply(self, status, headers, body)
 
     def log_message(self, format, *args):
         pass

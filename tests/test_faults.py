@@ -17,7 +17,7 @@ import pytest
 from critkit.backends import OpenAIBackend, RateLimiter, Sampling
 from critkit.jobs import format_summary, run_stage
 from critkit.prompts import load_prompt, render
-from synth_servers import FAULTS, FaultProxy, ScriptedServer, scripted_reply
+from synth_servers import FAULTS, FaultProxy, ScriptedServer, scripted_reply, write_reply
 
 SAMPLING = Sampling(temperature=0.3, top_p=0.95, max_new_tokens=64)
 
@@ -117,11 +117,7 @@ class Sequence(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.seen += 1
             status, headers, body = self.server.script[min(self.server.seen, len(self.server.script)) - 1]
-        self.send_response(status)
-        for name, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        write_reply(self, status, headers, body)
 
     def log_message(self, format, *args):
         pass
