@@ -223,3 +223,15 @@ def test_parquet_meta_that_is_not_json_names_file_and_row(tmp_path):
                                          {"id": "b", "question": "q?", "meta": "{not json"}]), path)
     with pytest.raises(RecordError, match=r"meta\.parquet:2: field 'meta' must be an object"):
         read_records(path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from critkit.records import Record, write_records
+
+    path = tmp_path / "r.jsonl"
+    write_records(path, [Record("1", "q")])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
