@@ -42,9 +42,9 @@ def _embedded_gguf() -> Path:
 
 
 def _convert_embedded(target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import shutil
 
-    from .records import atomic_path  # noqa: F401  (same write-then-rename idea, for a folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = _embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -52,10 +52,15 @@ def _convert_embedded(target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
     )
+    # Written under a temporary name and renamed, so an interrupted conversion never leaves a
+    # folder that looks finished; if another process finished first, its copy is kept.
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target) if not target.exists() else None
+    if target.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, target)
 
 
 def resolve_model(name: str) -> str:
