@@ -66,3 +66,17 @@ def test_run_stops_on_bad_config_before_loading_a_model(tiny_model, tmp_path):
         load_run_config(config)
     assert main(["run", config, "learning_rate=0"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_an_http_teacher_from_the_config_becomes_an_openai_backend():
+    """The cgd-8b recipe's teacher mapping (model, backend, base_url, concurrency) builds a client."""
+    from importlib import resources
+
+    from critkit.backends import OpenAIBackend
+    from critkit.run import _teacher, load_run_config
+
+    cfg = load_run_config(str(resources.files("critkit").joinpath("configs", "cgd-8b.yaml")))
+    teacher = _teacher(cfg, student_backend=None)
+    assert isinstance(teacher, OpenAIBackend)
+    assert teacher.name == "meta-llama/Llama-3.3-70B-Instruct"
+    assert teacher.base_url == "http://127.0.0.1:8000/v1" and teacher.concurrency == 64

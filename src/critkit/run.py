@@ -125,7 +125,10 @@ def _teacher(cfg: RunConfig, student_backend):
         return REFERENCE
     if teacher in ("student", "self"):
         return student_backend()
-    return make_backend(teacher["model"], teacher.get("backend", "auto"), **teacher)
+    if isinstance(teacher, str):  # a model name or path: a local transformers teacher
+        return make_backend(teacher, "transformers")
+    options = {k: v for k, v in teacher.items() if k not in ("model", "backend")}
+    return make_backend(teacher["model"], teacher.get("backend", "auto"), **options)
 
 
 def run(cfg: RunConfig) -> dict:
