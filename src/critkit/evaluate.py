@@ -137,7 +137,8 @@ def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: S
             row["extracted"] = [e for e, _ in graded]
             row["correct"] = [c for _, c in graded]
             if len(graded) > 1:
-                row["majority_correct"] = _grade(p, f"\\boxed{{{_majority(row['extracted'])}}}")[1] if _majority(row["extracted"]) else False
+                voted = _majority(row["extracted"])
+                row["majority_correct"] = voted is not None and _grade(p, f"\\boxed{{{voted}}}")[1]
         samples.append(row)
     write_jsonl(samples_path, samples)
     scores = {"benchmark": spec.name, "spec_version": spec.version, "model": getattr(backend, "name", None), "mode": mode,
