@@ -38,6 +38,8 @@ def test_select_scores_every_checkpoint_and_records_the_choice(run_with_checkpoi
     assert "test" in selection["disjoint_from"]  # the run's own test split was checked
     for name in selection["scores"]:
         assert (run / "select" / "sft-gold" / name / "validation" / "samples.jsonl").exists()
+    assert (run / "select" / "accuracy.png").stat().st_size > 1000  # accuracy over checkpoints
+    assert (run / "models" / "sft-gold" / "loss.png").exists() and (run / "loss.png").exists()  # loss curves
 
 
 def test_select_refuses_a_validation_split_that_overlaps_a_test_set(run_with_checkpoints, shared_data):

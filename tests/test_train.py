@@ -31,7 +31,8 @@ def test_prompt_tokens_are_masked(tiny_model, pairs_file, tmp_path):
 
     from critkit.models import load_model, load_tokenizer
 
-    cfg = TrainConfig(model=tiny_model, data=str(pairs_file), output_dir=str(tmp_path / "out"), sft={"max_length": 256})
+    cfg = TrainConfig(model=tiny_model, data=str(pairs_file), output_dir=str(tmp_path / "out"),
+                      sft={"max_length": 256, "padding_free": False})
     tokenizer = load_tokenizer(tiny_model, padding_side="right")
     trainer = _make_trainer_class()(model=load_model(tiny_model).train(), args=SFTConfig(**sft_defaults(cfg)),
                                     train_dataset=_load_pairs(str(pairs_file), None), processing_class=tokenizer)
@@ -101,7 +102,7 @@ def test_missing_or_empty_data_is_refused_before_loading(tmp_path):
         load_train_config(None, [f"data={tmp_path / 'nope.jsonl'}"])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(ConfigError, match="no training pairs"):
+    with pytest.raises(ConfigError, match="no usable training pair"):
         load_train_config(None, [f"data={empty}"])
 
 
@@ -139,3 +140,54 @@ def test_completion_loss_equals_the_models_own_loss(tiny_model):
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert torch.allclose(completion_loss(model, inputs), expected, atol=1e-5)
+
+
+def _varied_pairs() -> list[dict]:
+    """Pairs of very different lengths, so a padded batch is mostly padding."""
+    return [{"id": str(i), "prompt": [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": f"What is {i} + 1? " + "Think. " * (7 * i)}],
+             "completion": f"{i} + 1 = {i + 1}. " * (1 + 3 * i) + f"\\boxed{{{i + 1}}}"} for i in range(4)]
+
+
+def test_padding_free_loss_equals_padded_loss_and_never_crosses_sequences(tiny_model, tmp_path):
+    """critkit's default batch is one row of back-to-back sequences. Its loss must equal the padded
+    batch's: no attention and no label across a sequence boundary (attention.py)."""
+    from trl import SFTConfig
+
+    from critkit.attention import register
+    from critkit.models import load_model, load_tokenizer
+    from critkit.train import completion_loss
+
+    path = tmp_path / "varied.jsonl"
+    write_jsonl(path, _varied_pairs())
+    cfg = TrainConfig(model=tiny_model, data=str(path), output_dir=str(tmp_path / "out"), sft={"max_length": 512})
+    args = SFTConfig(**sft_defaults(cfg))
+    assert args.padding_free  # the default
+    tokenizer = load_tokenizer(tiny_model, padding_side="right")
+    model = load_model(tiny_model, attn_implementation=register())
+    trainer = _make_trainer_class()(model=model, args=args, train_dataset=_load_pairs(str(path), None),
+                                    processing_class=tokenizer)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    packed = trainer.data_collator(rows)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten()
+    assert len(starts) == 4 and (packed["labels"][0, starts] == -100).all()
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(rows)
+    assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum()
+    with torch.no_grad():
+        loss_packed = completion_loss(model, dict(packed))
+        loss_padded = completion_loss(model, dict(padded))
+        assert torch.allclose(loss_packed, loss_padded, atol=1e-5), (loss_packed, loss_padded)
+        # Each sequence's hidden states in the packed row equal the sequence run alone. The control:
+        # the same row with its boundaries erased (one long sequence) does not.
+        bounds = packed["cu_seq_lens_q"].tolist()
+        inputs = {k: v for k, v in packed.items() if k not in ("labels", "position_ids")}
+        alone = torch.cat([model.model(input_ids=torch.tensor([row["input_ids"]])).last_hidden_state[0] for row in rows])
+        together = model.model(**inputs, position_ids=packed["position_ids"]).last_hidden_state[0]
+        assert bounds[-1] == len(alone) and torch.allclose(together, alone, atol=1e-5)
+        one = torch.tensor([0, bounds[-1]], dtype=torch.int32)
+        leaky = model.model(**{**inputs, "cu_seq_lens_q": one, "cu_seq_lens_k": one},
+                            position_ids=packed["position_ids"]).last_hidden_state[0]
+    assert (leaky - alone)[bounds[1]:].abs().max() > 1e-3

@@ -123,11 +123,47 @@ def cmd_build(args) -> None:
         print(f"skipped {sum(skipped.values())} records: " + ", ".join(f"{n} {why}" for why, n in skipped.most_common()))
 
 
-def cmd_train(args) -> None:
-    from .train import load_train_config, train
+def _train_config_from_args(args):
+    from .train import load_train_config
 
-    cfg = load_train_config(_config_path(args.config) if args.config else None, args.overrides)
-    print(f"model saved to {train(cfg)}")
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # `critkit train key=value ...`, no config file
+        config, overrides = None, [config, *overrides]
+    return load_train_config(_config_path(config) if config else None, overrides)
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    final = train(_train_config_from_args(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model saved to {final}")
+
+
+def cmd_estimate(args) -> None:
+    from .estimate import estimate, format_estimate
+
+    print(format_estimate(estimate(_train_config_from_args(args), devices=args.devices)))
+
+
+def cmd_configs(args) -> None:
+    from .config import packaged_config_text, packaged_configs
+
+    if args.name:
+        sys.stdout.write(packaged_config_text(args.name))
+        return
+    configs = packaged_configs()
+    width = max(map(len, configs))
+    titles = {"": "run configs (critkit run NAME, critkit train NAME):",
+              "ablations": "ablation configs (critkit ablate NAME, without the ablations/ prefix):",
+              "accelerate": "accelerate configs (critkit configs NAME > FILE, then "
+                            "accelerate launch --config_file FILE -m critkit train CONFIG):"}
+    folder = None
+    for name, path in configs.items():  # grouped by folder, top level first
+        if name.rpartition("/")[0] != folder:
+            folder = name.rpartition("/")[0]
+            print(titles.get(folder, f"{folder} configs:"))
+        print(f"  {name:<{width}}  {path}")
 
 
 def cmd_eval(args) -> None:
@@ -150,7 +186,15 @@ def cmd_eval(args) -> None:
 def cmd_run(args) -> None:
     from .run import load_run_config, run
 
-    run(load_run_config(_config_path(args.config), args.overrides))
+    seeds = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    run(load_run_config(_config_path(args.config), [*args.overrides, *seeds]))
+
+
+def cmd_ablate(args) -> None:
+    from .ablate import ablate, find_config, load_ablation
+
+    seeds = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    ablate(*load_ablation(find_config(args.config, "ablations"), [*args.overrides, *seeds]))
 
 
 def cmd_report(args) -> None:
@@ -283,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. data=pairs.jsonl learning_rate=1e-5 peft.r=16")
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("estimate", help="memory and time a training config needs, before loading any weights")
+    p.add_argument("config", nargs="?", help="YAML config or packaged name")
+    p.add_argument("overrides", nargs="*", help="as for train, e.g. data=pairs.jsonl per_device_train_batch_size=4")
+    p.add_argument("--devices", type=int, help="GPUs the run will use (default: WORLD_SIZE or 1)")
+    p.set_defaults(fn=cmd_estimate)
+
+    p = sub.add_parser("configs", help="list the packaged configs, or print one: critkit configs accelerate/zero3 > zero3.yaml")
+    p.add_argument("name", nargs="?", help="e.g. quickstart or accelerate/zero3; without it, list every packaged config and its path")
+    p.set_defaults(fn=cmd_configs)
+
     p = sub.add_parser("eval", help="evaluate a model on benchmarks")
     _add_model_flags(p, "model", "embedded")
     p.add_argument("--benchmarks", nargs="+", default=["gsm8k"], help="names (gsm8k, math500, ...), spec .yaml files or records .jsonl")
@@ -298,7 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline from a run config; rerun to resume")
     p.add_argument("config", help="YAML config or packaged name (quickstart)")
     p.add_argument("overrides", nargs="*", help="e.g. output_dir=runs/x methods=[sft-gold] learning_rate=1e-4")
+    p.add_argument("--seeds", type=int, help="train every method with N training seeds (seed, seed+1, ...); "
+                   "the report shows mean ± std over them")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("ablate", help="run the variants of an ablation config and write one table (markdown, CSV, PNG)")
+    p.add_argument("config", help="ablation YAML or packaged name (cft-table9-mix, cgd-fig5-ratio, ...)")
+    p.add_argument("overrides", nargs="*", help="e.g. base=quickstart output_dir=runs/abl synth.teacher=reference "
+                   "eval.limit=50 variants.NAME.KEY=VALUE")
+    p.add_argument("--seeds", type=int, help="training seeds per method in every variant")
+    p.set_defaults(fn=cmd_ablate)
 
     p = sub.add_parser("report", help="collect runs into a models x benchmarks table (markdown, CSV, PNG)")
     p.add_argument("runs", nargs="+", help="run folders (each with eval/<model>/<benchmark>/scores.json)")
@@ -329,7 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a `nargs="*"` positional at the first flag, so in
+    # `critkit run quickstart --seeds 3 output_dir=x` the override after the flag is left over.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .records import RecordError
     from .config import ConfigError
     from .jobs import JobError

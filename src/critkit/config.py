@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "apply_overrides"]
+__all__ = ["ConfigError", "load_yaml", "apply_overrides", "packaged_configs", "packaged_config_text"]
 
 
 class ConfigError(ValueError):
@@ -54,3 +55,25 @@ def apply_overrides(raw: dict, overrides: list[str], top: set[str], default: tup
             node = node[p]
         node[parts[-1]] = load_yaml(value)
     return raw
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Config files shipped with critkit, by the name `critkit configs NAME` takes.
+
+    Run configs (`quickstart`, `cft-7b`, ...; `critkit run NAME`, `critkit train NAME`) first, then
+    accelerate launch configs (`accelerate/ddp`, `accelerate/fsdp`, `accelerate/zero3`, ...).
+    """
+    from importlib import resources
+
+    root = Path(str(resources.files("critkit").joinpath("configs")))
+    files = sorted(root.rglob("*.yaml"), key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in files}
+
+
+def packaged_config_text(name: str) -> str:
+    """The text of a packaged config (`quickstart`, `accelerate/zero3`, ...), to copy and edit."""
+    configs = packaged_configs()
+    path = configs.get(name.removesuffix(".yaml"))
+    if path is None:
+        raise ConfigError(f"no packaged config {name!r}; packaged: {', '.join(configs)}")
+    return path.read_text(encoding="utf-8")

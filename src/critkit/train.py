@@ -33,6 +33,9 @@ class TrainConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     max_examples: int | None = None  # use the first N pairs (for quick runs)
     merge_adapter: bool = False  # also save a merged full model (what vLLM wants) after LoRA training
+    # transformers attention for training; null = critkit's per-sequence SDPA for padding-free or
+    # packed batches (attention.py), e.g. "flash_attention_2" on a GPU with flash-attn installed.
+    attn_implementation: str | None = None
 
 
 def _sft_fields() -> set[str]:
@@ -56,20 +59,46 @@ def validate(cfg: TrainConfig, check_data: bool = True) -> None:
             raise ConfigError("data: no pairs file given")
         if not Path(cfg.data).exists():
             raise ConfigError(f"data: file not found: {cfg.data}")
-        if _count_pairs(cfg.data) == 0:
-            raise ConfigError(f"data: {cfg.data} has no training pairs")
+        rows, problems = read_pairs(cfg.data)
+        if not rows:
+            detail = f"; first problem: {problems[0]}" if problems else ""
+            raise ConfigError(f"data: {cfg.data} has no usable training pair ({len(problems)} bad row(s){detail})")
 
 
-def _count_pairs(path: str) -> int:
+def read_pairs(path: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """Usable pair rows, and one 'file:line: why' for each row that is not (those are skipped).
+
+    A pair is {"prompt": [messages], "completion": "text"}, as `critkit build` writes it.
+    """
+    rows, problems = [], []
     with open(path, encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})")
+                continue
+            prompt = row.get("prompt") if isinstance(row, dict) else None
+            completion = row.get("completion") if isinstance(row, dict) else None
+            if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)):
+                problems.append(f"{path}:{number}: field 'prompt' must be a non-empty list of messages")
+            elif not isinstance(completion, str) or not completion.strip():
+                problems.append(f"{path}:{number}: field 'completion' must be a non-empty string")
+            else:
+                rows.append(row)
+                if limit and len(rows) >= limit:
+                    break
+    return rows, problems
 
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] = (), check_data: bool = True) -> TrainConfig:
     raw: dict = {}
     if path:
         raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
-        raw = raw.get("train", raw)  # a run config keeps its training section under `train`
+        if "train" in raw:  # a run config: its training section, and its student as the model
+            raw = {"model": raw.get("model", TrainConfig.model), **(raw["train"] or {})}
     raw = apply_overrides(raw, list(overrides), top={f.name for f in dataclasses.fields(TrainConfig)}, default=("sft",))
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - known)
@@ -83,18 +112,13 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = (),
 def _load_pairs(path: str, limit: int | None):
     from datasets import Dataset
 
-    from .records import read_jsonl
-
-    rows = []
-    for number, row in read_jsonl(path):
-        if not isinstance(row.get("prompt"), list) or not isinstance(row.get("completion"), str):
-            from .records import RecordError
-
-            raise RecordError(path, number, "a pair needs 'prompt' (list of messages) and 'completion' (string)")
-        rows.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["completion"]}]})
-        if limit and len(rows) >= limit:
-            break
-    return Dataset.from_list(rows)
+    rows, problems = read_pairs(path, limit)
+    for problem in problems[:20]:
+        print(f"[critkit] skipped {problem}", flush=True)
+    if len(problems) > 20:
+        print(f"[critkit] ... and {len(problems) - 20} more bad rows in {path}", flush=True)
+    return Dataset.from_list([{"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["completion"]}]}
+                              for row in rows])
 
 
 def completion_loss(model, inputs, num_items_in_batch=None):
@@ -108,11 +132,31 @@ def completion_loss(model, inputs, num_items_in_batch=None):
     import torch.nn.functional as F
 
     labels = inputs["labels"]
-    keep = ("input_ids", "attention_mask", "position_ids")
-    hidden = model.get_decoder()(**{k: v for k, v in inputs.items() if k in keep}, use_cache=False).last_hidden_state
+    # Everything but the labels reaches the model: a padding-free batch carries its sequence
+    # boundaries (position_ids, cu_seq_lens_q/k, max_length_q/k) for the attention function.
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    # The forward must go through `model` itself, not its decoder: under DDP (several processes)
+    # `model` is the DistributedDataParallel wrapper, whose forward arms the gradient all-reduce;
+    # calling the inner decoder would train each process on its own gradients, silently.
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    head = inner.get_output_embeddings()
+    captured = []
+
+    def keep_hidden_project_nothing(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)  # the head runs on an empty slice; supervised tokens are projected below
+
+    hook = head.register_forward_pre_hook(keep_hidden_project_nothing)
+    try:
+        model(**model_inputs, use_cache=False)
+    finally:
+        hook.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"completion_loss: expected the model to call its output embeddings once, saw {len(captured)} calls")
+    hidden = captured[0]
     targets = labels[:, 1:]
     mask = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask])
+    logits = head(hidden[:, :-1][mask])
     loss = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
     return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
@@ -127,14 +171,45 @@ def _make_trainer_class():
         TRL 1.16 computes the loss through a chunked log-prob kernel that is fast with Triton on a
         GPU and slow without it (torch-folded tiles over every position and the whole
         vocabulary). On a GPU TRL's own loss is kept. The labels are TRL's, so masking is TRL's.
+
+        It also allows `padding_free` together with `max_length`. TRL 1.16 refuses the pair unless
+        packing ("max_length is not enforced"), yet its dataset preparation truncates to max_length
+        before any collation. So the trainer is built with padded collation and then given TRL's
+        own padding-free collator, which also masks the label at each sequence start.
         """
+
+        def __init__(self, *args, **kwargs):
+            from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+            config = kwargs["args"]
+            padding_free = config.padding_free and not config.packing and config.max_length is not None
+            if padding_free:
+                config.padding_free = False
+            super().__init__(*args, **kwargs)
+            if padding_free:
+                config.padding_free = self.padding_free = True
+                self.data_collator = DataCollatorForLanguageModeling(
+                    pad_token_id=self._tokenizer.pad_token_id, padding_free=True,
+                    pad_to_multiple_of=config.pad_to_multiple_of)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs or next(model.parameters()).is_cuda:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return completion_loss(model, inputs, num_items_in_batch)
+            loss = completion_loss(model, inputs, num_items_in_batch)
+            # As in TRL's and Trainer's compute_loss: `num_items_in_batch` counts the supervised
+            # tokens of every process, and DDP averages the gradients over processes, so without
+            # this factor N processes would train with 1/N of the gradient (and log 1/N of the loss).
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
 
     return CritkitSFTTrainer
+
+
+def _has_tensorboard() -> bool:
+    from transformers.integrations import is_tensorboard_available
+
+    return is_tensorboard_available()
 
 
 def sft_defaults(cfg: TrainConfig) -> dict:
@@ -148,7 +223,12 @@ def sft_defaults(cfg: TrainConfig) -> dict:
         "bf16": on_gpu,
         # Checkpointing trades compute for memory; on CPU memory is rarely the limit.
         "gradient_checkpointing": on_gpu,
-        "report_to": [],
+        # One row per batch with the sequences back to back: no compute on padding, and the same
+        # examples per step as padded batches (unlike packing, which regroups them). See attention.py.
+        "padding_free": True,
+        # TensorBoard event files under output_dir/runs when tensorboard is installed; loss.png
+        # and train_log.json are written either way.
+        "report_to": ["tensorboard"] if _has_tensorboard() else [],
         "save_strategy": "no",
         "logging_steps": 1,
         "dataset_num_proc": None,
@@ -162,33 +242,79 @@ def train(cfg: TrainConfig) -> Path:
     from peft import LoraConfig
     from trl import SFTConfig
 
+    from .attention import register as register_varlen
     from .models import load_model, load_tokenizer
 
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    if first_process:  # what the run will need, before the weights are loaded (estimate.py)
+        from .estimate import estimate, format_estimate
+
+        planned = estimate(cfg)
+        (out / "estimate.json").write_text(json.dumps(planned.to_json(), indent=1))
+        print(f"[critkit] estimate for {cfg.output_dir}:\n" + format_estimate(planned), flush=True)
     dataset = _load_pairs(cfg.data, cfg.max_examples)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
-    model = load_model(cfg.model, dtype="auto").train()
     args = SFTConfig(**sft_defaults(cfg))
+    attention = cfg.attn_implementation or (register_varlen() if args.padding_free or args.packing else None)
+    model = load_model(cfg.model, dtype="auto", attn_implementation=attention).train()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        # Without a GPU, processes started by torchrun (accelerate launch) fall back to one
+        # process each unless told to use the CPU; each would then train alone on all the data.
+        raise ConfigError(f"launched as {launched} processes, but they did not join one process group: "
+                          "without a GPU add use_cpu=true (gloo on CPU)")
     peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.peft) if cfg.peft is not None else None
     trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                     peft_config=peft_config)
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out) if args.save_strategy != "no" else None)
+    resume = _last_checkpoint(out) if args.save_strategy != "no" else None
+    if resume and trainer.is_world_process_zero():
+        print(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
     final = out / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
-    if peft_config is not None and cfg.merge_adapter:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(str(out / "merged"))
-        tokenizer.save_pretrained(str(out / "merged"))
-    log = {"metrics": result.metrics, "log_history": trainer.state.log_history, "examples": len(dataset)}
-    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    trainer.save_model(str(final))  # every process: FSDP and ZeRO-3 gather the weights collectively
+    if trainer.is_world_process_zero():  # one writer per file when several processes train
+        tokenizer.save_pretrained(str(final))
+        if peft_config is not None and cfg.merge_adapter:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(str(out / "merged"))
+            tokenizer.save_pretrained(str(out / "merged"))
+        # After a resume, log_history holds the checkpoint's earlier steps too (from its trainer_state.json).
+        log = {"metrics": result.metrics, "log_history": trainer.state.log_history, "examples": len(dataset),
+               "resumed_from": resume}
+        (out / "train_log.json").write_text(json.dumps(log, indent=1))
+        from .curves import plot_losses
+
+        plot_losses({out.name: trainer.state.log_history}, out / "loss.png", title=f"training loss: {out}")
     return final
 
 
-def _last_checkpoint(out: Path):
-    from transformers.trainer_utils import get_last_checkpoint
+def _last_checkpoint(out: Path) -> str | None:
+    """The newest `checkpoint-N` folder in `out` that was saved completely, or None.
 
-    return get_last_checkpoint(str(out)) if out.exists() else None
+    transformers' get_last_checkpoint takes the highest N even when a kill cut its save short, and
+    resuming from it then fails ("Can't find a valid checkpoint") or loads half-written files.
+    Trainer._save_checkpoint writes trainer_state.json last (after the model, optimizer, scheduler
+    and RNG states), so a folder counts only if that file is there and parses.
+    """
+    import re
+
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    if not out.exists():
+        return None
+    complete = []
+    for folder in out.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if not (match and folder.is_dir()):
+            continue
+        try:
+            state = json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # missing, or cut short by the kill
+            continue
+        if isinstance(state, dict) and "global_step" in state:
+            complete.append((int(match.group(1)), str(folder)))
+    return max(complete)[1] if complete else None
