@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .records import read_jsonl
 
-__all__ = ["collect", "paired_difference", "write_report"]
+__all__ = ["collect", "paired_difference", "write_report", "write_collection", "write_seed_report", "write_table", "mean_std"]
 
 
 def _correct_by_id(samples_path: Path) -> dict[str, float]:
@@ -161,3 +161,194 @@ def write_collection(run_dirs: list[Path], out_dir: Path, title: str = "critkit 
             writer.writerow([m, *("" if a is None else f"{100 * a:.2f}" for a in accs), "" if avg is None else f"{100 * avg:.2f}"])
     _plot(results, models, benchmarks, out_dir / "table.png", title)
     return {"models": models, "benchmarks": benchmarks, "rows": rows}
+
+
+# ---------------------------------------------------------------------- several training seeds
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the deviation of one value is 0."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def _pm(values: list[float], sign: bool = False) -> str:
+    """'41.7 ± 2.1' (percent) over seeds; a single value without ±."""
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    head = f"{100 * mean:+.1f}" if sign else f"{100 * mean:.1f}"
+    return head if len(values) == 1 else f"{head} ± {100 * std:.1f}"
+
+
+def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]], benchmarks: list[str], out_dir: Path,
+                      base: str = "base", title: str = "critkit results", notes: list[str] = ()) -> dict:
+    """report.md / results.json / seeds.csv / report.png for a run whose sets were trained with several seeds.
+
+    `labels` maps each set to its (seed, eval folder name) pairs. Accuracy and the paired Δ vs base
+    are shown as mean ± standard deviation over the seeds that finished; seeds.csv and the per-seed
+    table keep every seed's numbers with the per-seed 95% CI of Δ.
+    """
+    import csv
+
+    base_scores = collect(eval_root, [base], benchmarks).get(base, {})
+    summary: dict = {base: {"scores": base_scores}}
+    per_seed_rows, plot_means, plot_errs = [], {}, {}
+    for name, runs in labels.items():
+        entry: dict = {"seeds": {}, "mean": {}, "std": {}, "delta_mean": {}, "delta_std": {}}
+        for seed, label in runs:
+            scores = collect(eval_root, [label], benchmarks).get(label, {})
+            if not scores:
+                continue
+            deltas = {}
+            for bench in scores:
+                if (eval_root / base / bench / "samples.jsonl").exists():
+                    d, hw, n = paired_difference(_correct_by_id(eval_root / label / bench / "samples.jsonl"),
+                                                 _correct_by_id(eval_root / base / bench / "samples.jsonl"))
+                    deltas[bench] = {"difference": d, "ci95_half_width": hw, "n": n, "significant": bool(abs(d) > hw)}
+            entry["seeds"][seed] = {"label": label, "scores": scores, "delta_vs_base": deltas}
+            per_seed_rows.append((name, seed, scores, deltas))
+        for bench in benchmarks:
+            accs = [s["scores"][bench]["accuracy"] for s in entry["seeds"].values() if bench in s["scores"]]
+            diffs = [s["delta_vs_base"][bench]["difference"] for s in entry["seeds"].values() if bench in s["delta_vs_base"]]
+            if accs:
+                entry["mean"][bench], entry["std"][bench] = mean_std(accs)
+            if diffs:
+                entry["delta_mean"][bench], entry["delta_std"][bench] = mean_std(diffs)
+        summary[name] = entry
+        plot_means[name] = entry["mean"]
+        plot_errs[name] = entry["std"]
+
+    lines = [f"# {title}", "", f"Accuracy (%) on held-out questions, mean ± standard deviation over training seeds "
+             f"(sample std, n - 1); Δ is the paired difference from `{base}` per seed, then mean ± std over seeds.", ""]
+    lines += ["| model | seeds | " + " | ".join(benchmarks) + " | Δ vs base | critique-format | no answer |",
+              "|" + "---|" * (len(benchmarks) + 5)]
+    if base_scores:
+        cells = [f"{100 * base_scores[b]['accuracy']:.1f} ({base_scores[b]['correct']}/{base_scores[b]['n']})"
+                 if b in base_scores else "–" for b in benchmarks]
+        lines.append(f"| {base} | – | " + " | ".join(cells) + f" | – | {_share(base_scores, 'critique_format')} | "
+                     f"{_share(base_scores, 'no_answer')} |")
+    for name in labels:
+        seeds = summary[name]["seeds"]
+        cells, deltas, all_scores = [], [], {}
+        for bench in benchmarks:
+            cells.append(_pm([s["scores"][bench]["accuracy"] for s in seeds.values() if bench in s["scores"]]))
+            diffs = [s["delta_vs_base"][bench]["difference"] for s in seeds.values() if bench in s["delta_vs_base"]]
+            if diffs:
+                deltas.append(_pm(diffs, sign=True))
+        for s in seeds.values():
+            for bench, sc in s["scores"].items():
+                all_scores[f"{s['label']}/{bench}"] = sc
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {'; '.join(deltas) or '–'} | "
+                     f"{_share(all_scores, 'critique_format')} | {_share(all_scores, 'no_answer')} |")
+    lines += ["", "## Per seed", "", "| model | seed | " + " | ".join(benchmarks) + " | Δ vs base (95% CI) |",
+              "|" + "---|" * (len(benchmarks) + 3)]
+    for name, seed, scores, deltas in per_seed_rows:
+        cells = [f"{100 * scores[b]['accuracy']:.1f} ({scores[b]['correct']}/{scores[b]['n']})" if b in scores else "–"
+                 for b in benchmarks]
+        delta = "; ".join(f"{100 * d['difference']:+.1f} ± {100 * d['ci95_half_width']:.1f}" for d in deltas.values()) or "–"
+        lines.append(f"| {name} | {seed} | " + " | ".join(cells) + f" | {delta} |")
+    lines += ["", *notes]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    with open(out_dir / "seeds.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "seed", "benchmark", "accuracy", "correct", "n", "delta_vs_base", "delta_ci95_half_width"])
+        for bench, s in base_scores.items():
+            writer.writerow([base, "", bench, f"{s['accuracy']:.6f}", s["correct"], s["n"], "", ""])
+        for name, seed, scores, deltas in per_seed_rows:
+            for bench, s in scores.items():
+                d = deltas.get(bench, {})
+                writer.writerow([name, seed, bench, f"{s['accuracy']:.6f}", s["correct"], s["n"],
+                                 f"{d['difference']:.6f}" if d else "", f"{d['ci95_half_width']:.6f}" if d else ""])
+    if base_scores:
+        plot_means = {base: {b: s["accuracy"] for b, s in base_scores.items()}, **plot_means}
+    plot_bars(plot_means, plot_errs, benchmarks, out_dir / "report.png", title)
+    return summary
+
+
+def _share(scores: dict, key: str) -> str:
+    values = [s[key] for s in scores.values() if key in s]
+    return f"{100 * sum(values) / len(values):.0f}%" if values else "–"
+
+
+def plot_bars(means: dict[str, dict[str, float]], errs: dict[str, dict[str, float]], benchmarks: list[str], path: Path,
+              title: str) -> None:
+    """Grouped bars of accuracy per row and benchmark, with error bars from `errs` (std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    rows = list(means)
+    width = 0.8 / max(1, len(benchmarks))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 3.6))
+    for j, bench in enumerate(benchmarks):
+        xs = [i + j * width for i, r in enumerate(rows) if bench in means[r]]
+        ys = [100 * means[r][bench] for r in rows if bench in means[r]]
+        es = [100 * errs.get(r, {}).get(bench, 0.0) for r in rows if bench in means[r]]
+        bars = ax.bar(xs, ys, width, yerr=es, capsize=3, label=bench)
+        ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)
+    ax.set_xticks([i + width * (len(benchmarks) - 1) / 2 for i in range(len(rows))], rows, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    if len(benchmarks) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(rows: list[dict], benchmarks: list[str], out_dir: Path, title: str = "critkit results",
+                notes: list[str] = ()) -> list[dict]:
+    """An ablation table (rows variant x method, columns benchmarks + average) as markdown, CSV and PNG.
+
+    Each row is {"variant", "method", "seeds": {seed: {benchmark: accuracy}}}. A cell is the mean
+    over seeds, with ± the standard deviation when there are several; the average is taken per seed
+    over the benchmarks (only where a seed has every benchmark), then over seeds. table_seeds.csv
+    holds every seed's numbers.
+    """
+    import csv
+
+    table = []
+    for row in rows:
+        per_bench = {b: [s[b] for s in row["seeds"].values() if b in s] for b in benchmarks}
+        avgs = [sum(s[b] for b in benchmarks) / len(benchmarks) for s in row["seeds"].values()
+                if benchmarks and all(b in s for b in benchmarks)]
+        table.append({**row, "per_bench": per_bench, "avg": avgs})
+    several = any(len(r["seeds"]) > 1 for r in table)
+    lines = [f"# {title}", "", "Accuracy (%)" + (", mean ± standard deviation over training seeds (sample std)"
+                                                 if several else "") + "; avg is the mean over the benchmarks.", ""]
+    lines += ["| variant | method | " + ("seeds | " if several else "") + " | ".join(benchmarks) + " | avg |",
+              "|---" * (len(benchmarks) + 3 + several) + "|"]
+    for r in table:
+        cells = [_pm(r["per_bench"][b]) for b in benchmarks] + [_pm(r["avg"])]
+        lines.append(f"| {r['variant']} | {r['method']} | " + (f"{len(r['seeds'])} | " if several else "") + " | ".join(cells) + " |")
+    lines += ["", *notes]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    fmt = lambda xs: f"{100 * mean_std(xs)[0]:.2f}" if xs else ""
+    sd = lambda xs: f"{100 * mean_std(xs)[1]:.2f}" if xs else ""
+    with open(out_dir / "table.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        cols = [*benchmarks, "avg"]
+        writer.writerow(["variant", "method", "seeds", *cols, *(f"{c}_std" for c in cols)])
+        for r in table:
+            values = [r["per_bench"][b] for b in benchmarks] + [r["avg"]]
+            writer.writerow([r["variant"], r["method"], len(r["seeds"]), *map(fmt, values), *map(sd, values)])
+    with open(out_dir / "table_seeds.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["variant", "method", "seed", *benchmarks, "avg"])
+        for r in table:
+            for seed, s in r["seeds"].items():
+                avg = sum(s[b] for b in benchmarks) / len(benchmarks) if all(b in s for b in benchmarks) else None
+                writer.writerow([r["variant"], r["method"], seed, *(f"{100 * s[b]:.2f}" if b in s else "" for b in benchmarks),
+                                 "" if avg is None else f"{100 * avg:.2f}"])
+    labels = [f"{r['variant']}/{r['method']}" if len({x['variant'] for x in table}) > 1 else r["method"] for r in table]
+    means = {lab: {b: mean_std(r["per_bench"][b])[0] for b in benchmarks if r["per_bench"][b]} for lab, r in zip(labels, table)}
+    errs = {lab: {b: mean_std(r["per_bench"][b])[1] for b in benchmarks if r["per_bench"][b]} for lab, r in zip(labels, table)}
+    plot_bars(means, errs, benchmarks, out_dir / "table.png", title)
+    return table

@@ -3,6 +3,12 @@
 Every step writes its output under the run folder and is skipped when that output is already
 there, so running the same config again resumes where the last run stopped. The run folder keeps
 the resolved config (`config.yaml`) and a log of step timings (`steps.jsonl`).
+
+`methods` lists training sets: method names, or mappings for mixtures, two-stage training,
+length-matched and right/wrong sets (see mixtures.py). With `seeds: N` every set is trained N
+times, with training seeds seed, seed+1, ...; the data and the synthesis are those of `seed`, and
+the report shows mean and standard deviation over the seeds. Folders: one seed keeps
+models/<set>/ and eval/<set>/; several use models/<set>/seed<k>/ and eval/<set>@seed<k>/.
 """
 
 from __future__ import annotations
@@ -10,19 +16,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .backends import Sampling, make_backend
-from .methods import METHODS, build_pairs
+from .mixtures import Shortfall, TrainingSet, build_set, parse_sets, stages_needed
 from .records import read_records, write_jsonl, write_records
 from .config import ConfigError, apply_overrides, load_yaml
 from .train import TrainConfig, train, validate
 
-__all__ = ["RunConfig", "load_run_config", "run"]
+__all__ = ["RunConfig", "load_run_config", "run", "run_results", "training_seeds"]
+
+RESPONSES = ("original", "student")
+CRITIQUES = ("original", "teacher")
 
 
 @dataclass
@@ -34,11 +43,20 @@ class RunConfig:
     # mapping name from sources.SOURCES or "auto"; data.demo: make_demo arguments.
     data: dict[str, Any] = field(default_factory=lambda: {"train": "demo", "test": "demo", "source": "auto", "demo": {}})
     # synth.teacher: "reference" or {model, backend, base_url, ...}; synth.student: generation options.
+    # synth.responses: "original" keeps a dataset's own responses (the student answers where there
+    # is none); "student" discards them, and what was derived from them, so the student answers
+    # every question (CFT Table 6). synth.critiques: "original" keeps a dataset's critiques;
+    # "teacher" discards them so synth.teacher critiques the responses anew (CFT Table 7).
     synth: dict[str, Any] = field(default_factory=lambda: {"teacher": "reference", "critique_style": "cft"})
-    methods: list[str] = field(default_factory=lambda: ["sft-gold", "cft", "cgd"])
+    # Method names or training-set mappings (mixtures.py): {name, mix | stages | method, ...}.
+    methods: list[Any] = field(default_factory=lambda: ["sft-gold", "cft", "cgd"])
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (model/data/output_dir filled in)
     eval: dict[str, Any] = field(default_factory=lambda: {"benchmarks": ["test"], "max_new_tokens": 64})
     seed: int = 0
+    seeds: int = 1  # training seeds per set: seed, seed+1, ... (data and synthesis stay those of `seed`)
+    # Train under `accelerate launch --config_file LAUNCH` (a path, or a packaged name such as
+    # accelerate/zero3); data, synthesis and evaluation stay in this one process. null: in-process.
+    launch: str | None = None
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -49,25 +67,77 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
     cfg = RunConfig(**raw)
-    for m in cfg.methods:
-        if m not in METHODS:
-            raise ConfigError(f"{path}: methods: unknown method {m!r}; known: {', '.join(METHODS)}")
-    # Check the training section now, before any model is loaded.
-    validate(_train_config(cfg, "check"), check_data=False)
+    check_run_config(cfg, str(path))
     return cfg
 
 
-def _train_config(cfg: RunConfig, method: str) -> TrainConfig:
+def check_run_config(cfg: RunConfig, where: str = "run config") -> list[TrainingSet]:
+    """Everything that can be checked before a model is loaded; returns the training sets."""
+    try:
+        sets = parse_sets(cfg.methods)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not isinstance(cfg.seeds, int) or isinstance(cfg.seeds, bool) or cfg.seeds < 1:
+        raise ConfigError(f"{where}: seeds: expected a whole number >= 1, got {cfg.seeds!r}")
+    if cfg.launch is not None:
+        launch_config_path(cfg.launch)
+    for key, allowed in (("responses", RESPONSES), ("critiques", CRITIQUES)):
+        value = cfg.synth.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(f"{where}: synth.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    # Check the training section now, before any model is loaded.
+    validate(_train_config(cfg, "check"), check_data=False)
+    return sets
+
+
+def check_data(cfg: RunConfig, sets: list[TrainingSet], records) -> None:
+    """Stop before any model loads when a training set cannot get one pair from the data.
+
+    Synthesis fills responses, critiques, refinements and teacher solutions; what it cannot make
+    must come with the data: the reference solution for sft-gold, and for the offline reference
+    teacher a gold answer or reference to critique against.
+    """
+    from .synth import REFERENCE
+
+    where = f"data.train ({cfg.data.get('train')})"
+    if not records:
+        raise ConfigError(f"{where}: no usable record")
+    has = lambda field: any(getattr(r, field) for r in records)  # noqa: E731
+    teacher_made = {"cft", "cgd", "cgd-no-critique", "distilled-sft", "sft-teacher", "sft-verified"}
+    for index, spec in enumerate(sets):
+        for method in spec.methods:
+            if method == "sft-gold" and not has("reference"):
+                raise ConfigError(f"methods[{index}] ({spec.name}): {method} trains on the reference solution, "
+                                  f"and no record of {where} has a 'reference'")
+            if (method in teacher_made and cfg.synth.get("teacher", REFERENCE) == REFERENCE
+                    and not (has("gold") or has("reference")) and not has("critique")):
+                raise ConfigError(f"methods[{index}] ({spec.name}): {method} needs critiques; the reference teacher "
+                                  f"writes them from a gold answer, and no record of {where} has 'gold' or 'reference' "
+                                  "(set synth.teacher to a model)")
+
+
+def training_seeds(cfg: RunConfig) -> list[int]:
+    """The training seeds: train.sft.seed (default: seed), then +1, +2, ... up to `seeds` of them."""
+    first = cfg.train.get("sft", {}).get("seed", cfg.seed)
+    return [first + i for i in range(cfg.seeds)]
+
+
+def _train_config(cfg: RunConfig, name: str, data: Path | None = None, output_dir: Path | None = None,
+                  seed: int | None = None, model: str | None = None, merge: bool = False) -> TrainConfig:
     section = dict(cfg.train)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(section) - known)
     if unknown:
         raise ConfigError(f"train: unknown field(s) {unknown}; known: {sorted(known)}")
     sft = {"seed": cfg.seed, **section.pop("sft", {})}
+    if seed is not None:
+        sft["seed"] = seed
     out = Path(cfg.output_dir)
-    return TrainConfig(**{**section, "model": section.get("model", cfg.model),
-                          "data": str(out / "pairs" / f"{method}.jsonl"),
-                          "output_dir": str(out / "models" / method), "sft": sft})
+    if merge:
+        section["merge_adapter"] = True
+    return TrainConfig(**{**section, "model": model or section.get("model", cfg.model),
+                          "data": str(data or out / "pairs" / f"{name}.jsonl"),
+                          "output_dir": str(output_dir or out / "models" / name), "sft": sft})
 
 
 class _Steps:
@@ -90,7 +160,8 @@ class _Steps:
         return value
 
 
-def _load_data(cfg: RunConfig, root: Path) -> None:
+def load_data(cfg: RunConfig, root: Path) -> None:
+    """records/{train,test,validation}.jsonl from the config's data section (the run's first step)."""
     from .demo import make_demo
     from .sources import load_source
 
@@ -131,11 +202,46 @@ def _teacher(cfg: RunConfig, student_backend):
     return make_backend(teacher["model"], teacher.get("backend", "auto"), **options)
 
 
+def _discard(records, fields: tuple[str, ...]):
+    """Records without `fields` and the raw teacher I/O that went with them (meta keeps provenance)."""
+    stale = {"critique", "verify", "refine"}
+    return [replace(r, **{f: None for f in fields}, meta={k: v for k, v in r.meta.items() if k not in stale})
+            for r in records]
+
+
+def benchmarks(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """(what evaluate() is given, the names of the result folders): "test" is the run's test split."""
+    root = Path(cfg.output_dir)
+    paths = [str(root / "records" / "test.jsonl") if b == "test" else b for b in cfg.eval.get("benchmarks", ["test"])]
+    return paths, [Path(b).stem if b.endswith(".jsonl") else b for b in paths]
+
+
+def _pair_files(root: Path, spec: TrainingSet) -> list[Path]:
+    if spec.stages:
+        return [root / "pairs" / f"{spec.name}.stage{i + 1}.jsonl" for i in range(len(spec.stages))]
+    return [root / "pairs" / f"{spec.name}.jsonl"]
+
+
+def _build_info(root: Path, name: str) -> dict:
+    path = root / "pairs" / f"{name}.build.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _label(name: str, seed: int, seeds: list[int]) -> str:
+    return name if len(seeds) == 1 else f"{name}@seed{seed}"
+
+
+def _trained(final: Path) -> bool:
+    return (final / "config.json").exists() or (final / "adapter_config.json").exists()
+
+
 def run(cfg: RunConfig) -> dict:
     from . import synth
     from .evaluate import evaluate
-    from .report import write_report
+    from .report import write_report, write_seed_report
 
+    sets = check_run_config(cfg)
+    seeds = training_seeds(cfg)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -148,7 +254,8 @@ def run(cfg: RunConfig) -> dict:
             cache["student"] = make_backend(cfg.model, "transformers", batch_size=opts.get("batch_size", 32))
         return cache["student"]
 
-    step("data", (root / "records" / "train.jsonl").exists(), lambda: _load_data(cfg, root))
+    step("data", (root / "records" / "train.jsonl").exists(), lambda: load_data(cfg, root))
+    check_data(cfg, sets, read_records(root / "records" / "train.jsonl"))
 
     def teacher():
         if "teacher" not in cache:
@@ -156,11 +263,15 @@ def run(cfg: RunConfig) -> dict:
         return cache["teacher"]
 
     # Synthesis: each stage reads the previous stage's records and writes its own file. A stage
-    # whose field every record already has (e.g. released critique data) loads no model.
+    # whose field every record already has (e.g. released critique data) loads no model, and a
+    # stage no training set reads passes its records through.
     syn = root / "synth"
     student_opts = cfg.synth.get("student", {})
     teacher_opts = cfg.synth.get("teacher_sampling", {})
     style = cfg.synth.get("critique_style", "cft")
+    needed = stages_needed(sets)
+    discard = {"respond": ("response", "critique", "verdict", "refined") if cfg.synth.get("responses") == "student" else (),
+               "critique": ("critique", "verdict", "refined") if cfg.synth.get("critiques") == "teacher" else ()}
     stages = [
         ("respond", "response", lambda recs: synth.respond(recs, student(), _sampling(student_opts, cfg.seed, max_new_tokens=128))),
         ("critique", "critique", lambda recs: synth.critique(
@@ -174,19 +285,24 @@ def run(cfg: RunConfig) -> dict:
 
         def do(fn=fn, source=previous, target=target, name=name, field_name=field_name):
             records = read_records(source)
-            if all(getattr(r, field_name) for r in records):
-                report = synth.StageReport({f"kept (had {field_name})": len(records)})
+            if name not in needed:
+                report = synth.StageReport({"passed through (no training set reads it; delete this file to run it "
+                                            "for other methods later)": len(records)})
             else:
-                records, report = fn(records)
+                if discard.get(name):
+                    records = _discard(records, discard[name])
+                if all(getattr(r, field_name) for r in records):
+                    report = synth.StageReport({f"kept (had {field_name})": len(records)})
+                else:
+                    records, report = fn(records)
             write_records(target, records)
             print("  " + report.line(name), flush=True)
 
         step(f"synth {name}", target.exists(), do)
         previous = target
 
-    # Build, train and evaluate each method; the base model is evaluated first.
-    benchmarks = [str(root / "records" / "test.jsonl") if b == "test" else b for b in cfg.eval.get("benchmarks", ["test"])]
-    bench_names = [Path(b).stem if b.endswith(".jsonl") else b for b in benchmarks]
+    # Build, train and evaluate each set; the base model is evaluated first.
+    bench_paths, bench_names = benchmarks(cfg)
     eval_sampling = _sampling(cfg.eval, cfg.seed, max_new_tokens=64)
     eval_root = root / "eval"
 
@@ -196,35 +312,141 @@ def run(cfg: RunConfig) -> dict:
     def eval_model(name: str, model_path: str):
         backend = make_backend(model_path, "transformers", batch_size=cfg.eval.get("batch_size", 64))
         backend.name = name
-        for bench, scores in evaluate(backend, benchmarks, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
+        for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
             print(f"  {name} on {Path(bench).stem}: {100 * scores['accuracy']:.1f}% ({scores['correct']}/{scores['n']})", flush=True)
 
+    def synthesized():
+        if "records" not in cache:
+            cache["records"] = read_records(previous)
+        return cache["records"]
+
+    def token_lengths(texts: list[str]) -> list[int]:
+        # Lengths in the student's own tokens: what the trainer sees (CFT Table 10 compares tokens).
+        if "tokenizer" not in cache:
+            from .models import load_tokenizer
+
+            cache["tokenizer"] = load_tokenizer(cfg.model)
+        return [len(ids) for ids in cache["tokenizer"](texts, add_special_tokens=False)["input_ids"]] if texts else []
+
     step("eval base", evaluated("base"), lambda: eval_model("base", cfg.model))
-    for method in cfg.methods:
-        pairs_path = root / "pairs" / f"{method}.jsonl"
+    for spec in sets:
+        files = _pair_files(root, spec)
+        spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))
+        # A set whose spec changed since its pairs were built (e.g. a smaller `size` after a
+        # shortfall) is built again; a folder from before build.json existed is taken as it is.
+        built_for = _build_info(root, spec.name).get("spec", spec_dict)
 
-        def build(method=method, pairs_path=pairs_path):
-            rows, skipped = build_pairs(method, read_records(previous))
-            write_jsonl(pairs_path, rows)
+        def build(spec=spec, files=files, spec_dict=spec_dict):
+            if (root / "models" / spec.name).exists():
+                print(f"  {spec.name}: the set changed since it was trained; delete models/{spec.name} to train "
+                      f"on the new pairs", flush=True)
+            try:
+                built = build_set(spec, synthesized(), seed=cfg.seed, lengths=token_lengths)
+                info = {"spec": spec_dict, "pairs": [len(rows) for rows in built.stages], "skipped": dict(built.skipped),
+                        "notes": built.notes, "stats": built.stats}
+                stage_rows = built.stages
+            except Shortfall as exc:
+                info = {"spec": spec_dict, "pairs": [0] * len(files), "shortfall": f"{spec.name}: {exc}"}
+                stage_rows = [[] for _ in files]
+            for path, rows in zip(files, stage_rows):
+                write_jsonl(path, rows)
+            (root / "pairs" / f"{spec.name}.build.json").write_text(json.dumps(info, indent=1))
+            skipped = info.get("skipped", {})
             why = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
-            print(f"  {method}: {len(rows)} pairs, skipped {sum(skipped.values())} ({why})", flush=True)
+            print(f"  {spec.name}: {' + '.join(map(str, info['pairs']))} pairs, skipped {sum(skipped.values())} ({why})", flush=True)
+            for line in info.get("notes", []) + ([info["shortfall"]] if "shortfall" in info else []):
+                print(f"  {line}", flush=True)
 
-        step(f"build {method}", pairs_path.exists(), build)
-        if pairs_path.stat().st_size == 0:
-            # One method without usable data (e.g. sft-verified when no answer was right) must not
+        step(f"build {spec.name}", all(f.exists() for f in files) and built_for == spec_dict, build)
+        if any(f.stat().st_size == 0 for f in files):
+            # One set without usable data (e.g. sft-verified when no answer was right) must not
             # stop the others; the report shows it as not trained.
-            print(f"[critkit] {method}: no training pairs, not trained (see the build step for why)", flush=True)
+            why = _build_info(root, spec.name).get("shortfall") or "see the build step for why"
+            print(f"[critkit] {spec.name}: no training pairs, not trained ({why})", flush=True)
             continue
-        tcfg = _train_config(cfg, method)
-        final = Path(tcfg.output_dir) / "final"
-        step(f"train {method}", (final / "config.json").exists() or (final / "adapter_config.json").exists(), lambda tcfg=tcfg: train(tcfg))
-        step(f"eval {method}", evaluated(method), lambda method=method, final=final: eval_model(method, str(final)))
+        for seed in seeds:
+            label = _label(spec.name, seed, seeds)
+            final = _train_set(cfg, spec, files, seed, seeds, step)
+            step(f"eval {label}", evaluated(label), lambda label=label, final=final: eval_model(label, str(final)))
 
-    models = ["base", *cfg.methods]
-    summary = step("report", False, lambda: write_report(eval_root, models, bench_names, root, title=f"critkit: {cfg.name}",
-                                                         notes=_notes(root)))
+    from .curves import plot_run_losses
+
+    curves = plot_run_losses(root / "models", root / "loss.png", title=f"{cfg.name}: training loss")  # every set and seed
+    notes = _notes(root) + _set_notes(root, sets)
+    if curves:
+        notes.append("Training loss per step: `loss.png` (and `models/<set>/loss.png`; TensorBoard event files "
+                      "in `models/<set>/runs/` when tensorboard is installed).")
+    title = f"critkit: {cfg.name}"
+    if len(seeds) == 1:
+        summary = step("report", False, lambda: write_report(eval_root, ["base", *(s.name for s in sets)], bench_names, root,
+                                                             title=title, notes=notes))
+    else:
+        labels = {s.name: [(k, _label(s.name, k, seeds)) for k in seeds] for s in sets}
+        summary = step("report", False, lambda: write_seed_report(eval_root, labels, bench_names, root, title=title, notes=notes))
     print((root / "report.md").read_text(), flush=True)
     return summary
+
+
+def _train_set(cfg: RunConfig, spec: TrainingSet, files: list[Path], seed: int, seeds: list[int], step) -> Path:
+    """Train one set with one seed (each of its stages in turn); the final model's folder.
+
+    A later stage starts from the previous stage's final model. With LoRA that model is first
+    merged into full weights (train.merge_adapter) and the next stage trains a new adapter on it:
+    each stage then changes the model as a full fine-tuning stage would, where continuing one
+    adapter would confine both stages to the same rank-r update, and the saved adapter points at
+    the merged folder, so evaluating it loads both stages.
+    """
+    root = Path(cfg.output_dir)
+    label = _label(spec.name, seed, seeds)
+    model_dir = root / "models" / spec.name / (f"seed{seed}" if len(seeds) > 1 else "")
+    methods = spec.stages or (spec.name,)
+    model = None
+    final = model_dir / "final"
+    for i, (method, data) in enumerate(zip(methods, files)):
+        last = i == len(files) - 1
+        out = model_dir if last else model_dir / f"stage{i + 1}-{method}"
+        merge = cfg.train.get("peft") is not None and not last
+        tcfg = _train_config(cfg, spec.name, data=data, output_dir=out, seed=seed, model=model, merge=merge)
+        final = out / "final"
+        done = _trained(final) and (not merge or (out / "merged" / "config.json").exists())
+        title = f"train {label}" + (f" stage {i + 1}/{len(files)} ({method})" if len(files) > 1 else "")
+        step(title, done, lambda tcfg=tcfg: train(tcfg) if not cfg.launch else launch_training(tcfg, cfg.launch))
+        model = str(((out / "merged") if merge else final).resolve())
+    return final
+
+
+def launch_config_path(launch: str) -> str:
+    from .config import packaged_configs
+
+    if Path(launch).is_file():
+        return launch
+    packaged = packaged_configs().get(launch.removesuffix(".yaml"))
+    if packaged is None:
+        raise ConfigError(f"launch: no file {launch!r} and no packaged accelerate config of that name "
+                          f"(packaged: {', '.join(n for n in packaged_configs() if n.startswith('accelerate/'))})")
+    return str(packaged)
+
+
+def launch_training(tcfg: TrainConfig, launch: str) -> Path:
+    """One training as `accelerate launch -m critkit train` in child processes; its final folder.
+
+    Only the training runs under accelerate: under `accelerate launch critkit run`, every process
+    would synthesize and evaluate too.
+    """
+    import subprocess
+    import sys
+
+    out = Path(tcfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "launch_train.yaml"
+    config.write_text(yaml.safe_dump(dataclasses.asdict(tcfg), sort_keys=False))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch_config_path(launch),
+           "-m", "critkit", "train", str(config)]
+    print("  " + " ".join(cmd), flush=True)
+    done = subprocess.run(cmd)
+    if done.returncode:
+        raise RuntimeError(f"training under accelerate failed (exit {done.returncode}): {' '.join(cmd)}")
+    return out / "final"
 
 
 def _notes(root: Path) -> list[str]:
@@ -232,3 +454,44 @@ def _notes(root: Path) -> list[str]:
     if (root / "steps.jsonl").exists():
         total = sum(json.loads(line)["seconds"] for line in (root / "steps.jsonl").read_text().splitlines() if line.strip())
     return [f"Wall time of all steps so far (summed over resumed runs): {total:.0f} s."]
+
+
+def _set_notes(root: Path, sets: list[TrainingSet]) -> list[str]:
+    """What the build steps said about mixtures, length matching, ratios and shortfalls."""
+    lines = []
+    for spec in sets:
+        info = _build_info(root, spec.name)
+        lines += [f"- {line}" for line in info.get("notes", [])]
+        if "shortfall" in info:
+            lines.append(f"- not trained: {info['shortfall']}")
+    return ([""] if lines else []) + lines
+
+
+def run_results(cfg: RunConfig) -> dict:
+    """The scores of a run from its folder: base, then every set and seed, per benchmark.
+
+    {"benchmarks": [...], "seeds": [...], "base": {bench: scores},
+     "sets": {name: {seed: {bench: scores}}}, "not_trained": {name: reason}}
+    """
+    root = Path(cfg.output_dir)
+    sets = parse_sets(cfg.methods)
+    seeds = training_seeds(cfg)
+    _, bench_names = benchmarks(cfg)
+
+    def scores(label: str) -> dict:
+        out = {}
+        for b in bench_names:
+            path = root / "eval" / label / b / "scores.json"
+            if path.exists():
+                out[b] = json.loads(path.read_text())
+        return out
+
+    result = {"benchmarks": bench_names, "seeds": seeds, "base": scores("base"), "sets": {}, "not_trained": {}}
+    for spec in sets:
+        result["sets"][spec.name] = {k: scores(_label(spec.name, k, seeds)) for k in seeds}
+        info = _build_info(root, spec.name)
+        if "shortfall" in info:
+            result["not_trained"][spec.name] = info["shortfall"]
+        elif info and not all(info.get("pairs", [1])):
+            result["not_trained"][spec.name] = "no training pairs"
+    return result
