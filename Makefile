@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.critkit-installed
 
-.PHONY: install quickstart test clean bench-eval
+.PHONY: install quickstart test clean bench-eval bench-train
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ test: $(STAMP)
 	touch $@
 
 bench-eval: $(STAMP) .venv-lmeval/.installed
-	$(PY) benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python
+	$(PY) benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python --questions 128 --batch-size 128 --lmeval-batch-size 16,128
+
+# critkit's default training against TRL's SFTTrainer with padded batches (README: Efficiency).
+bench-train: $(STAMP)
+	$(PY) benchmarks/train_throughput.py --pairs 48 --batch-size 8 --rounds 2
 
 clean:
 	rm -rf $(VENV) .venv-lmeval runs

@@ -198,7 +198,7 @@ def estimate(cfg, devices: int | None = None) -> Estimate:
     optimizer = trainable * (8 + (4 if bf16 else 0))
     act = micro_batch * max_length * _activation_bytes_per_token(config, weight_bytes, checkpointed=False)
     act_ckpt = micro_batch * max_length * _activation_bytes_per_token(config, weight_bytes, checkpointed=True)
-    use_ckpt = bool(sft.get("gradient_checkpointing"))
+    use_ckpt = bool(sft.get("activation_checkpointing", sft.get("gradient_checkpointing")))
     activations = act_ckpt if use_ckpt else act
     # The loss adds fp32 logits over the vocabulary for the supervised tokens of one micro-batch.
     logits = micro_batch * max_length * config.vocab_size * 4 * 0.5

@@ -82,34 +82,17 @@ def write_report(eval_root: Path, models: list[str], benchmarks: list[str], out_
 
 
 def _plot(results: dict, models: list[str], benchmarks: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    width = 0.8 / max(1, len(benchmarks))
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(models) + 2), 3.6))
-    for j, bench in enumerate(benchmarks):
-        xs, ys, errs = [], [], []
-        for i, model in enumerate(models):
+    """Bars per model and benchmark, with the 95% interval of each accuracy (normal approximation)."""
+    means: dict = {}
+    errs: dict = {}
+    for model in models:
+        for bench in benchmarks:
             s = results.get(model, {}).get(bench)
-            if not s:
-                continue
-            p, n = s["accuracy"], max(1, s["n"])
-            xs.append(i + j * width)
-            ys.append(100 * p)
-            errs.append(100 * 1.96 * math.sqrt(p * (1 - p) / n))
-        bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, label=bench)
-        ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)
-    ax.set_xticks([i + width * (len(benchmarks) - 1) / 2 for i in range(len(models))], models, rotation=15)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
-    if len(benchmarks) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            if s:
+                p, n = s["accuracy"], max(1, s["n"])
+                means.setdefault(model, {})[bench] = p
+                errs.setdefault(model, {})[bench] = 1.96 * math.sqrt(p * (1 - p) / n)
+    plot_bars(means, errs, benchmarks, path, title)
 
 
 # ------------------------------------------------------------------------------- across runs
@@ -276,7 +259,7 @@ def _share(scores: dict, key: str) -> str:
 
 def plot_bars(means: dict[str, dict[str, float]], errs: dict[str, dict[str, float]], benchmarks: list[str], path: Path,
               title: str) -> None:
-    """Grouped bars of accuracy per row and benchmark, with error bars from `errs` (std over seeds)."""
+    """Grouped bars of accuracy per row and benchmark, with error bars from `errs` (a CI or a std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers

@@ -222,7 +222,8 @@ def sft_defaults(cfg: TrainConfig) -> dict:
         # bf16 autocast on CPU runs a slow fallback kernel (measured ~2.5x slower here).
         "bf16": on_gpu,
         # Checkpointing trades compute for memory; on CPU memory is rarely the limit.
-        "gradient_checkpointing": on_gpu,
+        # (transformers 5 renamed it activation_checkpointing; the old name still works in configs)
+        "activation_checkpointing": on_gpu,
         # One row per batch with the sequences back to back: no compute on padding, and the same
         # examples per step as padded batches (unlike packing, which regroups them). See attention.py.
         "padding_free": True,
@@ -234,6 +235,8 @@ def sft_defaults(cfg: TrainConfig) -> dict:
         "dataset_num_proc": None,
         "disable_tqdm": False,
     }
+    if "gradient_checkpointing" in cfg.sft:
+        del defaults["activation_checkpointing"]  # the config's own value, under its old name, wins
     return {**defaults, **cfg.sft}
 
 
