@@ -31,13 +31,12 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import ConfigError, load_yaml
+from .config import ConfigError, find_config, load_yaml
 from .mixtures import parse_sets, stages_needed
 from .run import RunConfig, benchmarks, load_data, load_run_config, run, run_results
 
@@ -55,20 +54,6 @@ class AblationConfig:
     seeds: int | None = None  # None: the base config's
     set: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def find_config(name: str, folder: str = "", relative_to: Path | None = None) -> Path:
-    """A config file: a path (as given, or next to `relative_to`), or a packaged config's name."""
-    for candidate in (Path(name), *((relative_to / name,) if relative_to else ())):
-        if candidate.is_file():
-            return candidate
-    packaged = resources.files("critkit").joinpath("configs", *([folder] if folder else []), f"{name}.yaml")
-    if packaged.is_file():
-        return Path(str(packaged))
-    where = resources.files("critkit").joinpath("configs", *([folder] if folder else []))
-    known = sorted(p.name.removesuffix(".yaml") for p in where.iterdir() if p.name.endswith(".yaml"))
-    raise ConfigError(f"no config file {name!r} and no packaged {folder + ' ' if folder else ''}config of that name "
-                      f"(packaged: {', '.join(known)})")
 
 
 def _item(key: str, value) -> str:

@@ -5,20 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 
 def _config_path(name: str) -> str:
-    """A config file path, or the name of a packaged config (quickstart, cft-7b, cft-32b, cgd-8b)."""
-    if Path(name).exists():
-        return name
-    packaged = resources.files("critkit").joinpath("configs", f"{name}.yaml")
-    if packaged.is_file():
-        return str(packaged)
-    known = sorted(p.name.removesuffix(".yaml") for p in resources.files("critkit").joinpath("configs").iterdir()
-                   if p.name.endswith(".yaml"))
-    raise SystemExit(f"critkit: no config file {name!r} and no packaged config of that name (packaged: {', '.join(known)})")
+    """A config file path, or the name of a packaged run config (quickstart, cft-7b, cft-32b, cgd-8b)."""
+    from .config import ConfigError, find_config
+
+    try:
+        return str(find_config(name))
+    except ConfigError as exc:
+        raise SystemExit(f"critkit: {exc}") from None
 
 
 def _sampling(args) -> "Sampling":

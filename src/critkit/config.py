@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "apply_overrides", "packaged_configs", "packaged_config_text"]
+__all__ = ["ConfigError", "load_yaml", "apply_overrides", "find_config", "packaged_configs", "packaged_config_text"]
 
 
 class ConfigError(ValueError):
@@ -68,6 +68,22 @@ def packaged_configs() -> dict[str, Path]:
     root = Path(str(resources.files("critkit").joinpath("configs")))
     files = sorted(root.rglob("*.yaml"), key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
     return {p.relative_to(root).with_suffix("").as_posix(): p for p in files}
+
+
+def find_config(name: str, folder: str = "", relative_to: Path | None = None) -> Path:
+    """A config file: a path (as given, or next to `relative_to`), or a packaged config's name
+    within `folder` (e.g. "ablations"; "" for the run configs)."""
+    for candidate in (Path(name), *((relative_to / name,) if relative_to else ())):
+        if candidate.is_file():
+            return candidate
+    packaged = packaged_configs()
+    prefix = f"{folder}/" if folder else ""
+    found = packaged.get(prefix + name.removesuffix(".yaml"))
+    if found is not None:
+        return found
+    known = sorted(n.removeprefix(prefix) for n in packaged if n.startswith(prefix) and "/" not in n.removeprefix(prefix))
+    raise ConfigError(f"no config file {name!r} and no packaged {folder + ' ' if folder else ''}config of that name "
+                      f"(packaged: {', '.join(known)})")
 
 
 def packaged_config_text(name: str) -> str:

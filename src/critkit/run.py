@@ -416,15 +416,13 @@ def _train_set(cfg: RunConfig, spec: TrainingSet, files: list[Path], seed: int, 
 
 
 def launch_config_path(launch: str) -> str:
-    from .config import packaged_configs
+    from .config import find_config, packaged_configs
 
-    if Path(launch).is_file():
-        return launch
-    packaged = packaged_configs().get(launch.removesuffix(".yaml"))
-    if packaged is None:
+    try:
+        return str(find_config(launch))
+    except ConfigError:
         raise ConfigError(f"launch: no file {launch!r} and no packaged accelerate config of that name "
-                          f"(packaged: {', '.join(n for n in packaged_configs() if n.startswith('accelerate/'))})")
-    return str(packaged)
+                          f"(packaged: {', '.join(n for n in packaged_configs() if n.startswith('accelerate/'))})") from None
 
 
 def launch_training(tcfg: TrainConfig, launch: str) -> Path:
