@@ -31,7 +31,7 @@ from .config import ConfigError
 from .methods import METHODS, build_pairs
 from .records import Record
 
-__all__ = ["TrainingSet", "BuiltSet", "Shortfall", "parse_set", "parse_sets", "build_set", "mix_rows",
+__all__ = ["TrainingSet", "BuiltSet", "Shortfall", "parse_set", "parse_sets", "fields_read", "build_set", "mix_rows",
            "length_matched", "right_wrong", "take", "stages_needed"]
 
 _FIELDS = ("name", "method", "mix", "stages", "length_match", "length_tolerance", "right_fraction", "size")
@@ -169,14 +169,19 @@ _WRITTEN_BY = {"response": "respond", "critique": "critique", "verdict": "critiq
 _STAGE_INPUTS = {"respond": set(), "critique": {"respond"}, "refine": {"respond", "critique"}, "solve": set()}
 
 
-def stages_needed(sets: Iterable[TrainingSet]) -> set[str]:
-    """The synthesis stages whose output some set reads (a right/wrong set also reads the verdict)."""
+def fields_read(spec: TrainingSet) -> set[str]:
+    """The record fields a set's pairs are built from (a right/wrong set also reads the verdict)."""
     fields: set[str] = set()
-    for s in sets:
-        for m in s.methods:
-            fields |= _NEEDS.get(m, set(_WRITTEN_BY))  # a method not listed here: assume it reads everything
-        if s.right_fraction is not None:
-            fields.add("verdict")
+    for m in spec.methods:
+        fields |= _NEEDS.get(m, set(_WRITTEN_BY))  # a method not listed here: assume it reads everything
+    if spec.right_fraction is not None:
+        fields.add("verdict")
+    return fields
+
+
+def stages_needed(sets: Iterable[TrainingSet]) -> set[str]:
+    """The synthesis stages whose output some set reads."""
+    fields = set().union(*(fields_read(s) for s in sets))
     stages = {_WRITTEN_BY[f] for f in fields if f in _WRITTEN_BY}
     for stage in list(stages):
         stages |= _STAGE_INPUTS[stage]

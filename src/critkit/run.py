@@ -90,30 +90,40 @@ def check_run_config(cfg: RunConfig, where: str = "run config") -> list[Training
     return sets
 
 
+def _discarded(cfg: RunConfig) -> dict[str, tuple[str, ...]]:
+    """Per synthesis stage, the data's fields it drops first (synth.responses / synth.critiques)."""
+    return {"respond": ("response", "critique", "verdict", "refined") if cfg.synth.get("responses") == "student" else (),
+            "critique": ("critique", "verdict", "refined") if cfg.synth.get("critiques") == "teacher" else ()}
+
+
 def check_data(cfg: RunConfig, sets: list[TrainingSet], records) -> None:
     """Stop before any model loads when a training set cannot get one pair from the data.
 
     Synthesis fills responses, critiques, refinements and teacher solutions; what it cannot make
-    must come with the data: the reference solution for sft-gold, and for the offline reference
-    teacher a gold answer or reference to critique against.
+    must come with the data: a field a method reads that no stage writes (sft-gold's reference),
+    and what the offline reference teacher needs for each stage the set uses (synth.REFERENCE_NEEDS).
     """
-    from .synth import REFERENCE
+    from .mixtures import fields_read
+    from .synth import REFERENCE, REFERENCE_NEEDS, STAGE_FIELDS
 
     where = f"data.train ({cfg.data.get('train')})"
     if not records:
         raise ConfigError(f"{where}: no usable record")
-    has = lambda field: any(getattr(r, field) for r in records)  # noqa: E731
-    teacher_made = {"cft", "cgd", "cgd-no-critique", "distilled-sft", "sft-teacher", "sft-verified"}
+    dropped = {f for fields in _discarded(cfg).values() for f in fields}
+    has = lambda field: field not in dropped and any(getattr(r, field) for r in records)  # noqa: E731
+    synthesized = set(STAGE_FIELDS.values()) | {"verdict"}
     for index, spec in enumerate(sets):
-        for method in spec.methods:
-            if method == "sft-gold" and not has("reference"):
-                raise ConfigError(f"methods[{index}] ({spec.name}): {method} trains on the reference solution, "
-                                  f"and no record of {where} has a 'reference'")
-            if (method in teacher_made and cfg.synth.get("teacher", REFERENCE) == REFERENCE
-                    and not (has("gold") or has("reference")) and not has("critique")):
-                raise ConfigError(f"methods[{index}] ({spec.name}): {method} needs critiques; the reference teacher "
-                                  f"writes them from a gold answer, and no record of {where} has 'gold' or 'reference' "
-                                  "(set synth.teacher to a model)")
+        name = f"methods[{index}] ({spec.name})"
+        for field in sorted(fields_read(spec) - synthesized):
+            if not has(field):
+                raise ConfigError(f"{name}: trains on the records' {field!r}, and no record of {where} has one")
+        if cfg.synth.get("teacher", REFERENCE) != REFERENCE:
+            continue
+        for stage in sorted(stages_needed([spec])):
+            need = REFERENCE_NEEDS.get(stage)
+            if need and not has(STAGE_FIELDS[stage]) and not has(need[0]):
+                raise ConfigError(f"{name}: the {stage} stage's reference teacher needs a {need[1]} ({need[0]!r}), and "
+                                  f"no record of {where} has one (set synth.teacher to a model)")
 
 
 def training_seeds(cfg: RunConfig) -> list[int]:
@@ -270,8 +280,7 @@ def run(cfg: RunConfig) -> dict:
     teacher_opts = cfg.synth.get("teacher_sampling", {})
     style = cfg.synth.get("critique_style", "cft")
     needed = stages_needed(sets)
-    discard = {"respond": ("response", "critique", "verdict", "refined") if cfg.synth.get("responses") == "student" else (),
-               "critique": ("critique", "verdict", "refined") if cfg.synth.get("critiques") == "teacher" else ()}
+    discard = _discarded(cfg)
     stages = [
         ("respond", "response", lambda recs: synth.respond(recs, student(), _sampling(student_opts, cfg.seed, max_new_tokens=128))),
         ("critique", "critique", lambda recs: synth.critique(

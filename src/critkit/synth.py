@@ -77,33 +77,27 @@ STAGE_FIELDS = {"respond": "response", "critique": "critique", "refine": "refine
 # ------------------------------------------------------------------------ per-record pieces
 
 
+# How a record that already has a stage's field is reported, what the stage reads, and what the
+# offline reference teacher needs besides (field, in words).
+_HAD = {"respond": "a response", "critique": "a critique", "refine": "a refined answer", "solve": "a teacher solution"}
+_READS = {"critique": ("response",), "refine": ("response", "critique")}
+REFERENCE_NEEDS = {"critique": ("gold", "gold answer"), "refine": ("reference", "reference solution"),
+                   "solve": ("reference", "reference solution")}
+
+
 def skip_reason(stage: str, rec: Record, teacher) -> str | None:
     """Why `stage` leaves `rec` as it is, or None when there is work to do."""
-    if stage == "respond":
-        return "kept (had a response)" if rec.response else None
-    if stage == "critique":
-        if rec.critique:
-            return "kept (had a critique)"
-        if not rec.response:
-            return "skipped: no response"
-        if teacher == REFERENCE and not rec.gold:
-            return "skipped: no gold answer for the reference teacher"
-        return None
-    if stage == "refine":
-        if rec.refined:
-            return "kept (had a refined answer)"
-        if not (rec.response and rec.critique):
-            return "skipped: no response or critique"
-        if teacher == REFERENCE and not rec.reference:
-            return "skipped: no reference solution for the reference teacher"
-        return None
-    if stage == "solve":
-        if rec.teacher_solution:
-            return "kept (had a teacher solution)"
-        if teacher == REFERENCE and not rec.reference:
-            return "skipped: no reference solution for the reference teacher"
-        return None
-    raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_FIELDS)}")
+    if stage not in STAGE_FIELDS:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_FIELDS)}")
+    if getattr(rec, STAGE_FIELDS[stage]):
+        return f"kept (had {_HAD[stage]})"
+    reads = _READS.get(stage, ())
+    if not all(getattr(rec, f) for f in reads):
+        return f"skipped: no {' or '.join(reads)}"
+    need = REFERENCE_NEEDS.get(stage)
+    if teacher == REFERENCE and need and not getattr(rec, need[0]):
+        return f"skipped: no {need[1]} for the reference teacher"
+    return None
 
 
 def prompt_for(stage: str, rec: Record, style: str = "cft", prompt: str = "cot"):
