@@ -59,7 +59,7 @@ def validate(cfg: TrainConfig, check_data: bool = True) -> None:
             raise ConfigError("data: no pairs file given")
         if not Path(cfg.data).exists():
             raise ConfigError(f"data: file not found: {cfg.data}")
-        rows, problems = read_pairs(cfg.data)
+        rows, problems = read_pairs(cfg.data, limit=1)  # one usable pair is enough here; training reads them all
         if not rows:
             detail = f"; first problem: {problems[0]}" if problems else ""
             raise ConfigError(f"data: {cfg.data} has no usable training pair ({len(problems)} bad row(s){detail})")
