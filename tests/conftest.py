@@ -13,6 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def varied_pairs(n: int = 16) -> list[dict]:
+    """Training pairs of different lengths: each process of a multi-process run then holds a
+    different number of supervised tokens, so a loss averaged per process instead of over the
+    global token count would show."""
+    return [{"id": str(i), "prompt": [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": f"What is {i} + 1?" + " Think." * (i % 5)}],
+             "completion": f"{i} + 1 = {i + 1}." + " So" * (i % 3) + f"\n\\boxed{{{i + 1}}}"} for i in range(n)]
 
 
 @pytest.fixture(scope="session")

@@ -23,17 +23,9 @@ import torch
 
 from critkit.config import ConfigError, packaged_config_text, packaged_configs
 from critkit.records import write_jsonl
+from conftest import varied_pairs  # tests/conftest.py, on the path pytest sets up
 
 ACCELERATE_DIR = Path(str(resources.files("critkit").joinpath("configs", "accelerate")))
-SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def _pairs(n: int = 16) -> list[dict]:
-    # Rows of different lengths: each process then holds a different number of supervised tokens,
-    # so a loss averaged per process instead of over the global token count would show.
-    return [{"id": str(i), "prompt": [{"role": "system", "content": SYSTEM},
-                                      {"role": "user", "content": f"What is {i} + 1?" + " Think." * (i % 5)}],
-             "completion": f"{i} + 1 = {i + 1}." + " So" * (i % 3) + f"\n\\boxed{{{i + 1}}}"} for i in range(n)]
 
 
 def _child_env() -> dict:
@@ -152,7 +144,7 @@ def _weights(model_dir: Path) -> dict:
 
 def test_two_processes_train_like_one(tiny_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
-    write_jsonl(data, _pairs())
+    write_jsonl(data, varied_pairs())
     config = tmp_path / "train.yaml"
     # Full fine-tuning on CPU, fp32, 6 optimizer steps of a global batch of 4 (16 pairs: into a
     # second epoch). use_cpu also puts the 2 processes in one gloo group (see cpu-2proc.yaml).
@@ -199,14 +191,13 @@ def test_processes_that_do_not_form_a_group_are_refused(tiny_model, tmp_path):
     """Without use_cpu=true on a CPU machine, torchrun's processes would each train alone on all
     the data and write the same output folder; critkit stops with the fix in the message."""
     data = tmp_path / "pairs.jsonl"
-    write_jsonl(data, _pairs(4))
+    write_jsonl(data, varied_pairs(4))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_DIR / "cpu-2proc.yaml"),
            "-m", "critkit", "train", f"model={tiny_model}", f"data={data}", f"output_dir={tmp_path / 'out'}", "max_steps=1"]
     done = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "did not join one process group: without a GPU add use_cpu=true" in done.stderr
     assert not (tmp_path / "out" / "final").exists()
-
 
 
 def test_run_trains_under_accelerate_launch_and_does_the_rest_in_process(tiny_model, tmp_path, monkeypatch):

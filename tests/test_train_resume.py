@@ -20,14 +20,7 @@ from pathlib import Path
 
 from critkit.records import write_jsonl
 from critkit.train import _last_checkpoint
-
-SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def _pairs(n: int = 16) -> list[dict]:
-    return [{"id": str(i), "prompt": [{"role": "system", "content": SYSTEM},
-                                      {"role": "user", "content": f"What is {i} + 1?" + " Think." * (i % 5)}],
-             "completion": f"{i} + 1 = {i + 1}." + " So" * (i % 3) + f"\n\\boxed{{{i + 1}}}"} for i in range(n)]
+from conftest import varied_pairs  # tests/conftest.py, on the path pytest sets up
 
 
 def _env() -> dict:
@@ -52,7 +45,7 @@ def test_training_killed_between_checkpoints_resumes_and_ends_like_an_uninterrup
     from safetensors.torch import load_file
 
     data = tmp_path / "pairs.jsonl"
-    write_jsonl(data, _pairs())
+    write_jsonl(data, varied_pairs())
     config = tmp_path / "train.yaml"
     # 16 pairs / batch 4 = 4 steps per epoch: 6 steps cross an epoch boundary, where the sampler reseeds.
     config.write_text(json.dumps({"model": tiny_model, "data": str(data), "sft": {
