@@ -1,53 +1,146 @@
-"""critkit's decoding loop against transformers' generate on the embedded model."""
+"""critkit's continuous-batching decoder against transformers' generate, on real models."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from critkit.generation import decode
+from critkit.generation import _shared_prefix, decode
 from critkit.models import load_model, load_tokenizer
+from critkit.slot_cache import SlotCache
 
 PROMPTS = ["Say hi.", "What is 2 + 2? Put the answer in \\boxed{}.", "Name three colours.", "Reply with one word: yes or no?"]
 
 
-def _batch(tokenizer):
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in PROMPTS]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+def _texts(tokenizer, prompts=PROMPTS):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
 
 
-def test_greedy_decode_matches_generate_and_drops_finished_rows(embedded_model):
-    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
-    enc = _batch(tokenizer)
-    ours = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=20)
+def _ids(tokenizer, prompts=PROMPTS):
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in _texts(tokenizer, prompts)]
+
+
+def _reference(model, tokenizer, max_new_tokens, prompts=PROMPTS):
+    """transformers' greedy generate on a left-padded batch, cut at the first end/pad token."""
+    enc = tokenizer(_texts(tokenizer, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
-        ref = model.generate(**enc, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        ref = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
-    for row, ids in enumerate(ref[:, enc["input_ids"].shape[1]:].tolist()):
-        expected = []
-        for t in ids:
-            if t in special:
-                break
-            expected.append(t)
-        assert ours[row] == expected, (PROMPTS[row], tokenizer.decode(ours[row]), tokenizer.decode(expected))
-    assert min(len(o) for o in ours) < 20  # some row ended early and left the batch
+    expected = []
+    for ids in ref[:, enc["input_ids"].shape[1]:].tolist():
+        cut = next((k for k, t in enumerate(ids) if t in special), len(ids))
+        expected.append(ids[:cut])
+    return expected
+
+
+@pytest.mark.parametrize("rows", [4, 2, 1])
+def test_greedy_decode_matches_generate_with_any_number_of_rows(embedded_model, rows):
+    """With fewer rows than prompts, rows are refilled as others end: the tokens must not change."""
+    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
+    expected = _reference(model, tokenizer, 20)
+    done = []
+    ours = decode(model, tokenizer, _ids(tokenizer), max_new_tokens=20, rows=rows, on_done=lambda i, o: done.append(i))
+    for row, want in enumerate(expected):
+        assert ours[row] == [want], (PROMPTS[row], tokenizer.decode(ours[row][0]), tokenizer.decode(want))
+    assert min(len(e) for e in expected) < 20  # some prompt ended early and left its row
+    assert sorted(done) == [0, 1, 2, 3] and done != [0, 1, 2, 3] or rows == 1  # reported as each one ends
+
+
+def test_many_prompts_through_few_rows_on_a_tiny_model(tiny_model):
+    """A random tiny Llama (2 kv heads for 4 query heads) never emits end-of-turn: every row runs
+    to the limit, rows are reused, the cache grows past its first capacity, and each prompt's
+    tokens equal generate's for that prompt alone."""
+    tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model)
+    questions = [f"Question {k}: what is {k} times {k + 3}?" + " Think." * (k % 5) for k in range(7)]
+    ours = decode(model, tokenizer, _ids(tokenizer, questions), max_new_tokens=90, rows=3, prefill_tokens=40)
+    for k, q in enumerate(questions):
+        assert ours[k] == [_reference(model, tokenizer, 90, [q])[0]], q
+
+
+def test_samples_share_the_prompt_and_differ(embedded_model):
+    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
+    ids = _ids(tokenizer)
+    out = decode(model, tokenizer, ids, 12, rows=8, samples=3, temperature=1.0, seed=1)
+    assert [len(o) for o in out] == [3, 3, 3, 3]
+    assert any(len({tuple(s) for s in o}) > 1 for o in out)
+    greedy = decode(model, tokenizer, ids, 12, rows=8, samples=2)
+    assert all(o[0] == o[1] for o in greedy)  # greedy samples of one prompt are identical
 
 
 def test_stop_at_answer_ends_right_after_the_box(embedded_model):
     tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
-    enc = _batch(tokenizer)
-    full = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=40)
-    cut = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=40, stop_at_answer=True)
-    for f, c in zip(full, cut):
+    ids = _ids(tokenizer, PROMPTS + ["Write the LaTeX \\boxed{4} and then explain what it means."])
+    full = decode(model, tokenizer, ids, max_new_tokens=40)
+    cut = decode(model, tokenizer, ids, max_new_tokens=40, stop_at_answer=True)
+    boxed = 0
+    for (f,), (c,) in zip(full, cut):
         assert f[: len(c)] == c  # a prefix of the unstopped output
         text = tokenizer.decode(c, skip_special_tokens=True)
         if "\\boxed{" in tokenizer.decode(f, skip_special_tokens=True) and "}" in text.split("\\boxed", 1)[-1]:
+            boxed += 1
             assert text.rstrip().endswith("}")
+    assert boxed  # the last prompt writes a box early and goes on: it is cut
 
 
 def test_sampling_is_seeded(embedded_model):
     tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
-    enc = _batch(tokenizer)
-    a = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], 12, temperature=1.0, top_p=0.9, seed=5)
-    b = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], 12, temperature=1.0, top_p=0.9, seed=5)
-    c = decode(model, tokenizer, enc["input_ids"], enc["attention_mask"], 12, temperature=1.0, top_p=0.9, seed=6)
+    ids = _ids(tokenizer)
+    a = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=5)
+    b = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=5)
+    c = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=6)
     assert a == b and a != c
+
+
+def test_a_prompt_that_fails_alone_is_reported_and_the_others_go_on(tiny_model):
+    tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model)
+    ids = _ids(tokenizer, ["one", "two", "three"])
+    ids[1] = ids[1] + [model.config.vocab_size + 5]  # a token id the model has no embedding for
+    errors, done = {}, {}
+    out = decode(model, tokenizer, ids, 6, rows=3, on_done=done.__setitem__, on_error=errors.__setitem__)
+    assert list(errors) == [1] and "index" in str(errors[1]).lower()
+    assert sorted(done) == [0, 2] and all(len(out[i][0]) == 6 for i in (0, 2)) and out[1] == [[]]
+    alone = decode(model, tokenizer, [ids[0], ids[2]], 6)
+    assert [out[0], out[2]] == alone
+    with pytest.raises(IndexError):
+        decode(model, tokenizer, ids, 6)  # without on_error the failure is raised
+
+
+def test_shared_prefix_leaves_each_prompt_a_token():
+    assert _shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert _shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical prompts keep their last token
+    assert _shared_prefix([[1, 2, 3]]) == 0
+
+
+def test_slot_cache_rows_growth_and_attention(tiny_model):
+    """Decoding attention over the cache equals SDPA over each row's own keys, after the capacity
+    has doubled and a finished row was replaced by the last one."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model)  # 4 query heads over 2 kv heads, head_dim 8
+    cache = SlotCache(config, rows=3, capacity=4, dtype=torch.float32, device="cpu")
+    torch.manual_seed(0)
+    lengths = [3, 6, 5]
+    history = {}
+    for n in lengths:
+        row = cache.add_row()
+        k, v = torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
+        q = torch.randn(1, 4, n, 8)
+        cache.prefill([(row, 0, n)])
+        cache.attend(0, q, k, v, 0.5)
+        history[row] = (k[0], v[0])
+    assert cache.capacity == 8  # doubled from 4 to hold 6
+    moved = cache.remove_row(0)
+    assert moved == 2 and cache.live == 2
+    history[0] = history.pop(2)
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8)
+    cache.step()
+    out = cache.attend(0, q, k, v, 0.5)
+    cache.advance()
+    for row in range(2):
+        keys = torch.cat([history[row][0], k[row]], dim=1)
+        values = torch.cat([history[row][1], v[row]], dim=1)
+        want = F.scaled_dot_product_attention(q[row : row + 1], keys[None], values[None], scale=0.5, enable_gqa=True)
+        torch.testing.assert_close(out[row : row + 1], want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    assert cache.lengths[:2].tolist() == [6, 7]

@@ -1,6 +1,6 @@
 """Model backends behind one small interface: `generate(conversations, sampling) -> texts`.
 
-- `TransformersBackend`: a local model, batched with left padding through the chat template.
+- `TransformersBackend`: a local model, continuously batched (generation.py) through the chat template.
 - `OpenAIBackend`: any OpenAI-compatible /v1/chat/completions server (vLLM, SGLang, hosted APIs).
   The API key is read from an environment variable and never written anywhere. Each request is
   retried on 429, 5xx, timeouts, broken connections and garbled replies (exponential backoff with
@@ -132,18 +132,23 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 
 
 class TransformersBackend:
-    """Batched local generation. Prompts are sorted by length so a batch pads little."""
+    """Local generation with continuous batching (generation.py): `batch_size` rows decode together.
+
+    Prompts start longest first. A prompt that fails on its own (say, longer than the model's
+    positions) becomes an error reply and the others go on.
+    """
 
     def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True,
                  stop_at_answer: bool = False):
         from .models import load_model, load_tokenizer
+        from .slot_cache import register
 
         self.name = model
         # Evaluation can end each answer right after its first complete \boxed{}: what follows is
         # never graded. Off by default, because format-drift counts read the whole output.
         self.stop_at_answer = stop_at_answer
         self.tokenizer = load_tokenizer(model, padding_side="left")
-        self.model = load_model(model, dtype=dtype)
+        self.model = load_model(model, dtype=dtype, attn_implementation=register())
         self.batch_size = batch_size
         self.progress = progress
         self.generated_tokens = 0
@@ -151,65 +156,67 @@ class TransformersBackend:
     def render(self, conversation: Messages) -> str:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
-    def _sorted(self, conversations: list[Messages]) -> tuple[list[str], list[int], list[int]]:
-        texts = [self.render(c) for c in conversations]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        return texts, lengths, order
-
-    def _batch(self, prompts: list[str], sampling: Sampling, seed: int) -> list[tuple[list[str], int]]:
-        """Generate for one padded batch: per prompt, (sampling.n texts, completion tokens)."""
-        from .generation import decode
-
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if sampling.n > 1:  # n samples of a prompt are n rows next to each other
-            ids, mask = ids.repeat_interleave(sampling.n, dim=0), mask.repeat_interleave(sampling.n, dim=0)
-        gen = decode(self.model, self.tokenizer, ids, mask, sampling.max_new_tokens, temperature=sampling.temperature,
-                     top_p=sampling.top_p, seed=seed, stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer)
-        counts = [len(g) for g in gen]
-        self.generated_tokens += int(sum(counts))
-        decoded = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
-        n = sampling.n
-        return [([_cut_at_stop(t, sampling.stop).strip() for t in decoded[j * n : (j + 1) * n]], int(sum(counts[j * n : (j + 1) * n])))
-                for j in range(len(prompts))]
-
-    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
+    def _each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult, desc: str) -> None:
+        """Generate for every conversation; `on_result(i, reply)` as each one ends."""
         from tqdm.auto import tqdm
 
-        texts, _, order = self._sorted(conversations)
-        results: list[list[str]] = [[] for _ in texts]
-        bar = tqdm(total=len(texts), desc=desc, unit="prompt", disable=not self.progress)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            # Seed per batch from the run seed and the batch position: reruns draw the same samples.
-            for i, (outs, _) in zip(idx, self._batch([texts[i] for i in idx], sampling, sampling.seed + start)):
-                results[i] = outs
-            bar.update(len(idx))
-        bar.close()
+        from .generation import decode
+
+        prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long ones start early
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
+
+        def done(j: int, outs: list[list[int]]) -> None:
+            i = order[j]
+            tokens = sum(len(o) for o in outs)
+            self.generated_tokens += tokens
+            texts = [_cut_at_stop(t, sampling.stop).strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
+            on_result(i, Reply(texts=texts, usage={"prompt_tokens": len(prompts[i]), "completion_tokens": tokens}))
+            bar.update()
+
+        def failed(j: int, exc: Exception) -> None:
+            on_result(order[j], Reply(error=f"{type(exc).__name__}: {exc}"))
+            bar.update()
+
+        try:
+            decode(self.model, self.tokenizer, [prompts[i] for i in order], sampling.max_new_tokens, rows=self.batch_size,
+                   samples=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
+                   stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer, on_done=done, on_error=failed)
+        finally:
+            bar.close()
+
+    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
+        results: list[list[str] | None] = [None] * len(conversations)
+
+        def record(i: int, reply: Reply) -> None:
+            if not reply.ok:
+                raise BackendError(f"prompt {i}: {reply.error}")
+            results[i] = reply.texts
+
+        self._each(conversations, sampling, record, desc)
         return results
 
     def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
                       desc: str = "generate") -> list[Reply]:
-        """Like `generate`, batched, but a failing batch becomes error replies instead of an exception.
+        """Like `generate`, but failures become error replies instead of an exception.
 
         Token usage is counted with the model's own tokenizer (prompt as rendered by the chat
-        template; completion tokens up to the first padding).
+        template; completion tokens as generated, end-of-turn excluded). If decoding itself fails
+        (out of memory, say), every prompt not yet finished gets that error.
         """
-        texts, lengths, order = self._sorted(conversations)
-        replies: list[Reply | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            try:
-                outs = self._batch([texts[i] for i in idx], sampling, sampling.seed + start)
-                batch = [Reply(texts=o, usage={"prompt_tokens": lengths[i], "completion_tokens": c})
-                         for i, (o, c) in zip(idx, outs)]
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one batch; the others go on
-                batch = [Reply(error=f"{type(exc).__name__}: {exc}") for _ in idx]
-            for i, reply in zip(idx, batch):
-                replies[i] = reply
-                if on_result:
-                    on_result(i, reply)
+        replies: list[Reply | None] = [None] * len(conversations)
+
+        def record(i: int, reply: Reply) -> None:
+            replies[i] = reply
+            if on_result:
+                on_result(i, reply)
+
+        try:
+            self._each(conversations, sampling, record, desc)
+        except Exception as exc:  # noqa: BLE001 - reported per prompt; the finished ones are kept
+            for i, reply in enumerate(replies):
+                if reply is None:
+                    record(i, Reply(error=f"{type(exc).__name__}: {exc}"))
         return replies
 
 

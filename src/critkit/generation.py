@@ -1,19 +1,24 @@
-"""A batched decoding loop that drops finished rows and can stop at the answer.
+"""Continuous-batching decoding: a row leaves the batch the moment it ends and a new prompt takes it.
 
-Why not only `model.generate`: it keeps computing every row of a batch until the longest one
-ends, so one rambling answer makes 63 finished rows pay for 256 more steps. This loop removes a
-row from the batch (and from the KV cache) the moment it ends: at an end-of-turn token, at a
-stop string, or, for evaluation, right after its first complete \\boxed{...} answer. Greedy
-output is the same tokens `generate` produces (tests compare them).
+Why not `model.generate`: it keeps computing every row of a batch until the longest one ends,
+and the next batch waits for that. Here up to `rows` sequences decode together; a sequence ends
+at an end-of-turn token, at a stop string, at the token limit or, for evaluation, right after
+its first complete \\boxed{...}, and a waiting prompt is prefilled into its row before the next
+step. The keys and values live in a `SlotCache` (see slot_cache.py for why not transformers'
+caches). Prompts' common prefix is computed once. Greedy output is the same tokens `generate`
+produces (tests compare them).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from functools import lru_cache
+from typing import Callable
 
 import torch
 
 from .grading import extract_boxed
+from .slot_cache import SLOTS, SlotCache, register
 
 __all__ = ["decode"]
 
@@ -38,50 +43,135 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
-def decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop: tuple[str, ...] = (),
-           stop_at_answer: bool = False) -> list[list[int]]:
-    """Generated token ids per row of a left-padded batch (without the prompt)."""
-    from transformers import DynamicCache
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the prompts' common token prefix, leaving every prompt at least one own token."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
 
+
+@torch.inference_mode()
+def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows: int = 32, samples: int = 1,
+           temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop: tuple[str, ...] = (),
+           stop_at_answer: bool = False, prefill_tokens: int = 2048, on_done: Callable[[int, list[list[int]]], None] | None = None,
+           on_error: Callable[[int, Exception], None] | None = None) -> list[list[list[int]]]:
+    """For each prompt (token ids), `samples` generated token-id lists, without the prompt.
+
+    Prompts start in the given order (put the longest first), prefilled together up to
+    `prefill_tokens` tokens per pass. `on_done(i, outputs)` is called as soon as all samples of
+    prompt i have ended. If a prefill fails and `on_error` is given, its prompts are retried one
+    by one and `on_error(i, exc)` reports each that fails alone (too long for the model, say); the
+    others go on. Without `on_error` the error is raised. The model is switched to critkit's slot
+    attention, which is plain SDPA whenever no cache is passed.
+    """
+    if max_new_tokens <= 0 or not prompts:
+        return [[[] for _ in range(samples)] for _ in prompts]
+    if any(not p for p in prompts):
+        raise ValueError("decode: an empty prompt; a chat template always renders some tokens")
+    if model.config._attn_implementation != SLOTS:
+        model.set_attn_implementation(register())
+    device = model.device
     configured = getattr(model.generation_config, "eos_token_id", None)
     configured = [configured] if isinstance(configured, int) else list(configured or [])
     eos = {tokenizer.eos_token_id, *configured} - {None}
     braces = _closing_brace_ids(tokenizer) if stop_at_answer else frozenset()
-    generator = torch.Generator(device=input_ids.device).manual_seed(seed) if temperature > 0 else None
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
 
-    rows = input_ids.shape[0]
-    out: list[list[int]] = [[] for _ in range(rows)]
-    alive = list(range(rows))  # batch position -> original row
-    mask = attention_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1, :]
-    positions = positions[:, -1:]
-    for step in range(max_new_tokens):
-        tokens = _pick(logits, temperature, top_p, generator)
-        keep = []
-        for j, row in enumerate(alive):
-            t = int(tokens[j])
-            if t in eos:
+    out: list[list[list[int]]] = [[[] for _ in range(samples)] for _ in prompts]
+    running = [samples] * len(prompts)  # samples of each prompt not ended yet
+    owner: list[tuple[int, int]] = []  # live row -> (prompt, sample)
+    cache = SlotCache(model.config, rows=max(rows, samples), capacity=max(map(len, prompts), default=1) + 64,
+                      dtype=model.dtype, device=device)
+
+    def forward(ids: list[int] | torch.Tensor, positions: torch.Tensor, keep, slots: dict) -> torch.Tensor:
+        ids = torch.as_tensor(ids, device=device).view(positions.shape)
+        return model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=keep, **slots).logits
+
+    def admit(batch: list[int]) -> torch.Tensor:
+        """Prefill `batch` (prompt indices) packed in one pass; the next-token logits of their rows."""
+        segments, ids, positions, live = [], [], [], cache.live
+        for i in batch:
+            row = cache.add_row()
+            for _ in range(1, samples):  # rows for the other samples, filled after the pass
+                cache.add_row()
+            if shared:
+                cache.copy_row(cache.prefix_row, row, shared)
+            segments.append((row, shared, len(prompts[i]) - shared))
+            ids += prompts[i][shared:]
+            positions.append(torch.arange(shared, len(prompts[i]), device=device))
+        last = torch.tensor([count for _, _, count in segments], device=device).cumsum(0) - 1
+        try:
+            logits = forward(ids, torch.cat(positions)[None], last, cache.prefill(segments))[0]
+        except Exception:
+            cache.live = live  # the rows taken for this batch are free again
+            raise
+        for i, (row, _, _) in zip(batch, segments):
+            for s in range(samples):  # the other samples start from a copy of the prompt
+                if s:
+                    cache.copy_row(row, row + s, len(prompts[i]))
+                owner.append((i, s))
+        return logits.repeat_interleave(samples, dim=0)
+
+    shared = _shared_prefix(prompts)
+    if shared:  # computed once into the spare row, copied into every new row
+        forward(prompts[0][:shared], torch.arange(shared, device=device)[None], 1,
+                cache.prefill([(cache.prefix_row, 0, shared)]))
+
+    queue = deque(range(len(prompts)))
+    logits = torch.empty(0, model.config.get_text_config().vocab_size, device=device)
+    while True:
+        batch, budget = [], prefill_tokens  # prompts to prefill together
+        while queue and cache.live + samples * (len(batch) + 1) <= cache.rows and (
+                not batch or len(prompts[queue[0]]) - shared <= budget):
+            batch.append(queue.popleft())
+            budget -= len(prompts[batch[-1]]) - shared
+        if batch:
+            try:
+                logits = torch.cat([logits, admit(batch)])
+            except Exception:
+                if on_error is None:
+                    raise
+                for i in batch:  # alone, so that only a prompt that fails by itself is reported
+                    try:
+                        logits = torch.cat([logits, admit([i])])
+                    except Exception as exc:  # noqa: BLE001 - reported; the other prompts go on
+                        running[i] = 0
+                        on_error(i, exc)
+        if not owner:
+            if queue:
                 continue
-            out[row].append(t)
-            if step + 1 < max_new_tokens and not _ends(tokenizer, out[row], t, stop, braces):
-                keep.append(j)
-        if not keep:
-            break
-        if len(keep) < len(alive):
-            index = torch.tensor(keep, device=input_ids.device)
-            cache.batch_select_indices(index)
-            tokens, mask, positions = tokens[index], mask[index], positions[index]
-            alive = [alive[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
-        positions = positions + 1
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True).logits[:, -1, :]
-    return out
+            return out
+
+        tokens = _pick(logits, temperature, top_p, generator)
+        ended = []
+        for row, t in enumerate(tokens.tolist()):
+            i, s = owner[row]
+            if t not in eos:
+                out[i][s].append(t)
+            if t in eos or len(out[i][s]) >= max_new_tokens or _ends(tokenizer, out[i][s], t, stop, braces):
+                ended.append(row)
+        # Highest row first: the row moved into a freed one is then always one still running.
+        order = list(range(len(owner)))
+        for row in reversed(ended):
+            i, _ = owner[row]
+            order[row] = order[cache.remove_row(row)]
+            order.pop()
+            owner[row] = owner[-1]
+            owner.pop()
+            running[i] -= 1
+            if running[i] == 0 and on_done:
+                on_done(i, out[i])
+        if ended:
+            tokens = tokens[torch.tensor(order, dtype=torch.long, device=device)]
+        if owner:
+            logits = forward(tokens, cache.lengths[: cache.live, None].clone(), 1, cache.step())[:, -1]
+            cache.advance()
+        else:
+            logits = logits[:0]
 
 
 def _ends(tokenizer, ids: list[int], last: int, stop: tuple[str, ...], braces: frozenset[int]) -> bool:

@@ -1,0 +1,166 @@
+"""A key/value cache with one row per sequence, for continuous batching on any device.
+
+transformers' `DynamicCache` grows by concatenation: every decoding step copies every layer's
+whole cache (measured here at batch 128 after 200 tokens: 851 ms of a 1,530 ms step), and
+removing a finished row copies it all again. Its continuous-batching engine (`generate_batch`,
+paged attention) took 62.9 s where our loop took 28.8 s for the same 32 GSM8K prompts x 64 tokens
+on this CPU. So critkit keeps its own cache:
+
+- each sequence owns a row of a preallocated (rows, kv_heads, capacity, head_dim) tensor per
+  layer, and a step writes one position per row in place;
+- the live rows are always 0..live-1: a finished row is replaced by the last live row (one row's
+  copy), and a new prompt takes the next free row, so a step reads one contiguous block;
+- the capacity doubles when a row needs more, so short answers never pay for the longest limit;
+- the last row holds the prompts' common prefix (the chat template and system prompt), computed
+  once and copied into each new row.
+
+The model itself is unchanged: `SlotAttention` is registered as a transformers attention function
+and receives the cache through the forward call's keyword arguments (`slots=...`), which
+transformers passes down to attention. Without them it is plain SDPA, so the same model still
+trains and generates the ordinary way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SLOTS", "SlotCache", "register"]
+
+SLOTS = "critkit_slots"
+
+
+class SlotCache:
+    """Keys and values of up to `rows` sequences plus one spare row for the shared prefix."""
+
+    def __init__(self, config, rows: int, capacity: int, dtype: torch.dtype, device):
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.kv_heads = text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.rows = rows
+        self.prefix_row = rows  # the spare row
+        self.keys = [self._zeros(capacity, dtype, device) for _ in range(text.num_hidden_layers)]
+        self.values = [self._zeros(capacity, dtype, device) for _ in range(text.num_hidden_layers)]
+        self.lengths = torch.zeros(rows + 1, dtype=torch.long, device=device)  # tokens held per row
+        self.live = 0
+        # What the next forward pass does, set by `prefill` / `step` before calling the model.
+        self._segments: list[tuple[int, int, int]] | None = None
+
+    def _zeros(self, capacity: int, dtype, device) -> torch.Tensor:
+        # Zeros, not `empty`: masked positions get weight exactly 0, and 0 * NaN garbage would be NaN.
+        return torch.zeros(self.rows + 1, self.kv_heads, capacity, self.head_dim, dtype=dtype, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reserve(self, length: int) -> None:
+        """Make room for `length` tokens per row, doubling the capacity as often as needed."""
+        if length <= self.capacity:
+            return
+        capacity = self.capacity
+        while capacity < length:
+            capacity *= 2
+        for cache in (self.keys, self.values):
+            for i, old in enumerate(cache):
+                new = self._zeros(capacity, old.dtype, old.device)
+                new[:, :, : old.shape[2]] = old
+                cache[i] = new
+
+    # -- rows ----------------------------------------------------------------------------------
+    def copy_row(self, source: int, target: int, length: int) -> None:
+        for cache in (self.keys, self.values):
+            for layer in cache:
+                layer[target, :, :length] = layer[source, :, :length]
+        self.lengths[target] = length
+
+    def add_row(self) -> int:
+        """A new live row (empty); its index."""
+        if self.live == self.rows:
+            raise RuntimeError("no free row in the slot cache")
+        self.live += 1
+        self.lengths[self.live - 1] = 0
+        return self.live - 1
+
+    def remove_row(self, row: int) -> int:
+        """Drop a live row by moving the last live row into it; returns the index that moved."""
+        last = self.live - 1
+        if row != last:
+            self.copy_row(last, row, int(self.lengths[last]))
+        self.live -= 1
+        return last
+
+    # -- what the next forward pass writes -----------------------------------------------------
+    def prefill(self, segments: list[tuple[int, int, int]]) -> dict:
+        """Keyword arguments for a forward pass over several sequences' tokens packed in one row.
+
+        `segments` are (row, start, count): the next `count` tokens of the packed input belong to
+        cache row `row` and sit at positions start..start+count-1 of it. Packing keeps the linear
+        layers' matrices tall (one 60-token prompt at a time ran them at ~60% of the speed).
+        """
+        self.reserve(max(start + count for _, start, count in segments))
+        for row, start, count in segments:
+            self.lengths[row] = start + count
+        self._segments = segments
+        return {"slots": self}
+
+    def step(self) -> dict:
+        """Keyword arguments for a forward pass of one new token for every live row."""
+        self._segments = None
+        self.reserve(int(self.lengths[: self.live].max()) + 1)
+        return {"slots": self}
+
+    # -- attention -----------------------------------------------------------------------------
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Store this layer's new keys/values and attend over the cache; (batch, q_len, heads, dim)."""
+        keys, values = self.keys[layer], self.values[layer]
+        groups = query.shape[1] // self.kv_heads
+        if self._segments is not None:  # packed prefill: causal attention within each row
+            out = torch.empty_like(query)
+            offset = 0
+            for row, start, count in self._segments:
+                end, part = start + count, slice(offset, offset + count)
+                keys[row, :, start:end] = key[0, :, part]
+                values[row, :, start:end] = value[0, :, part]
+                allowed = torch.ones(count, end, dtype=torch.bool, device=query.device).tril(diagonal=start)
+                out[:, :, part] = F.scaled_dot_product_attention(
+                    query[:, :, part], keys[row : row + 1, :, :end], values[row : row + 1, :, :end],
+                    attn_mask=allowed, scale=scaling, enable_gqa=groups > 1)
+                offset += count
+            return out.transpose(1, 2)
+        # Decoding: one query per live row, written at that row's length.
+        live = query.shape[0]
+        lengths = self.lengths[:live]
+        index = torch.arange(live, device=query.device)
+        keys[index, :, lengths] = key[:, :, 0]
+        values[index, :, lengths] = value[:, :, 0]
+        span = int(lengths.max()) + 1
+        allowed = torch.arange(span, device=query.device)[None, :] <= lengths[:, None]  # (live, span)
+        # The `groups` query heads of a kv head become that head's `groups` queries: keys and values
+        # are read once, never repeated (20% faster than SDPA's enable_gqa here).
+        out = F.scaled_dot_product_attention(query.view(live, self.kv_heads, groups, -1), keys[:live, :, :span],
+                                             values[:live, :, :span], attn_mask=allowed[:, None, None, :], scale=scaling)
+        return out.view(live, 1, query.shape[1], -1)
+
+    def advance(self) -> None:
+        """After a decoding step: every live row holds one more token."""
+        self.lengths[: self.live] += 1
+
+
+def slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, slots=None, **kwargs):
+    if slots is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return slots.attend(module.layer_idx, query, key, value, scaling), None
+
+
+def register() -> str:
+    """Make `attn_implementation="critkit_slots"` known to transformers; returns the name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(SLOTS, slot_attention)
+    # Only the fallback path reads the mask; with `slots` the cache knows every row's length.
+    AttentionMaskInterface.register(SLOTS, sdpa_mask)
+    return SLOTS
