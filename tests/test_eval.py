@@ -77,9 +77,46 @@ def test_generation_is_batched_greedy_and_sampled(embedded_model):
     backend = TransformersBackend("embedded", batch_size=2, progress=False)
     conversations = [[{"role": "user", "content": q}] for q in ["What is 2 + 2?", "Name a colour.", "Say hi."]]
     greedy = backend.generate(conversations, Sampling(max_new_tokens=6))
-    # Left padding in a batch must not change greedy output: compare with one-at-a-time.
+    # Sharing rows with other prompts must not change greedy output: compare with one-at-a-time.
     single = [backend.generate([c], Sampling(max_new_tokens=6))[0] for c in conversations]
     assert greedy == single
     sampled = backend.generate(conversations[:1], Sampling(max_new_tokens=8, temperature=1.0, n=3, seed=1))
     assert len(sampled[0]) == 3
     assert backend.generate(conversations[:1], Sampling(max_new_tokens=8, temperature=1.0, n=3, seed=1)) == sampled
+
+
+def test_transformers_backend_counts_tokens_and_reports_a_failing_prompt(tiny_model):
+    """Usage is counted per conversation with the model's tokenizer, and a prompt the model
+    cannot read fails alone in generate_each (generate raises for it)."""
+    from critkit.backends import BackendError
+
+    backend = TransformersBackend(tiny_model, batch_size=2, progress=False)
+    conversations = [[{"role": "user", "content": q}] for q in ["one", "two two", "three three three"]]
+    replies = backend.generate_each(conversations, Sampling(max_new_tokens=5, n=2))
+    for c, r in zip(conversations, replies):
+        assert r.ok and len(r.texts) == 2
+        assert r.usage == {"prompt_tokens": len(backend.tokenizer(backend.render(c), add_special_tokens=False)["input_ids"]),
+                           "completion_tokens": 10}  # the random tiny model never ends early
+    assert backend.generated_tokens == 30
+
+    # A token the tokenizer knows and the model does not (added without resizing the embeddings).
+    backend.tokenizer.add_tokens(["<critkit-unknown>"])
+    conversations[1] = [{"role": "user", "content": "two <critkit-unknown>"}]
+    replies = backend.generate_each(conversations, Sampling(max_new_tokens=3))
+    assert [r.ok for r in replies] == [True, False, True] and "IndexError" in replies[1].error
+    with pytest.raises(BackendError, match="prompt 1"):
+        backend.generate(conversations, Sampling(max_new_tokens=3))
+
+
+def test_vllm_backend_explains_a_missing_install_and_translates_sampling():
+    from critkit.backends import BackendError, make_backend, vllm_sampling
+
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendError, match=r"critkit\[vllm\]"):
+            make_backend("embedded", "vllm")
+    assert vllm_sampling(Sampling(max_new_tokens=7, n=4, temperature=0.6, top_p=0.9, seed=3, stop=("</s>",))) == {
+        "n": 4, "temperature": 0.6, "top_p": 0.9, "max_tokens": 7, "stop": ["</s>"], "seed": 3}
+    assert vllm_sampling(Sampling(top_p=0.5))["top_p"] == 1.0  # greedy ignores top_p

@@ -113,11 +113,14 @@ def test_shared_prefix_leaves_each_prompt_a_token():
     assert _shared_prefix([[1, 2, 3]]) == 0
 
 
-def test_slot_cache_rows_growth_and_attention(tiny_model):
+@pytest.mark.parametrize("group", [32, 1])
+def test_slot_cache_rows_growth_and_attention(tiny_model, monkeypatch, group):
     """Decoding attention over the cache equals SDPA over each row's own keys, after the capacity
-    has doubled and a finished row was replaced by the last one."""
+    has doubled and a finished row was replaced by the last one; rows attended in one group or
+    each in its own."""
     from transformers import AutoConfig
 
+    monkeypatch.setattr("critkit.slot_cache.ATTENTION_GROUP", group)
     config = AutoConfig.from_pretrained(tiny_model)  # 4 query heads over 2 kv heads, head_dim 8
     cache = SlotCache(config, rows=3, capacity=4, dtype=torch.float32, device="cpu")
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Model backends behind one small interface: `generate(conversations, sampling) -> texts`.
 
 - `TransformersBackend`: a local model, continuously batched (generation.py) through the chat template.
+- `VLLMBackend`: vLLM in the same process, for GPUs (`critkit[vllm]`).
 - `OpenAIBackend`: any OpenAI-compatible /v1/chat/completions server (vLLM, SGLang, hosted APIs).
   The API key is read from an environment variable and never written anywhere. Each request is
   retried on 429, 5xx, timeouts, broken connections and garbled replies (exponential backoff with
@@ -26,9 +27,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
-__all__ = ["Sampling", "TransformersBackend", "OpenAIBackend", "make_backend", "BackendError", "Reply", "RateLimiter"]
+__all__ = ["Sampling", "TransformersBackend", "VLLMBackend", "OpenAIBackend", "make_backend", "BackendError", "Reply", "RateLimiter"]
 
 Messages = list[dict[str, str]]
 
@@ -140,6 +142,7 @@ class TransformersBackend:
 
     def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True,
                  stop_at_answer: bool = False):
+        from .generation import prepack_cpu_linears
         from .models import load_model, load_tokenizer
         from .slot_cache import register
 
@@ -149,6 +152,7 @@ class TransformersBackend:
         self.stop_at_answer = stop_at_answer
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_model(model, dtype=dtype, attn_implementation=register())
+        prepack_cpu_linears(self.model)
         self.batch_size = batch_size
         self.progress = progress
         self.generated_tokens = 0
@@ -218,6 +222,103 @@ class TransformersBackend:
                 if reply is None:
                     record(i, Reply(error=f"{type(exc).__name__}: {exc}"))
         return replies
+
+
+class VLLMBackend:
+    """In-process vLLM for CUDA GPUs (`pip install 'critkit[vllm]'`): paged attention, continuous
+    batching and tensor parallelism for 7B-70B models.
+
+    Prompts are rendered by the model's chat template here, exactly as `TransformersBackend` does,
+    and handed to vLLM as token ids, so both backends read the same tokens. A LoRA adapter folder
+    runs on its base model through vLLM's LoRA support, without merging. `stop_at_answer` is not
+    needed at vLLM's speed and is ignored. Not exercised in this repository's tests (they run on
+    CPU, where vLLM is not installed); only the missing-install error and the sampling translation are.
+    """
+
+    def __init__(self, model: str, dtype: str = "auto", progress: bool = True, tensor_parallel_size: int | None = None,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise BackendError("backend 'vllm' needs vLLM and a CUDA GPU: pip install 'critkit[vllm]' "
+                               "(or serve the model with `vllm serve` and use the openai backend)") from exc
+        from .models import load_tokenizer, resolve_model
+
+        self.name = model
+        self.progress = progress
+        self.tokenizer = load_tokenizer(model)
+        path = Path(resolve_model(model))
+        self._lora = None
+        options = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "seed": 0}
+        if tensor_parallel_size:
+            options["tensor_parallel_size"] = tensor_parallel_size
+        if max_model_len:
+            options["max_model_len"] = max_model_len
+        adapter = path / "adapter_config.json"
+        if adapter.exists():
+            from vllm.lora.request import LoRARequest
+
+            config = json.loads(adapter.read_text())
+            options.update(enable_lora=True, max_lora_rank=max(16, int(config.get("r", 16))))
+            self._lora = LoRARequest("critkit-adapter", 1, str(path))
+            path = Path(resolve_model(config["base_model_name_or_path"]))
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=str(path), **options)
+        self.generated_tokens = 0
+
+    def render(self, conversation: Messages) -> str:
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
+                      desc: str = "generate") -> list[Reply]:
+        prompts = [{"prompt_token_ids": self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]}
+                   for c in conversations]
+        params = self._vllm.SamplingParams(**vllm_sampling(sampling))
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=self.progress, lora_request=self._lora)
+        except Exception as exc:  # noqa: BLE001 - one engine call for all prompts: each gets the error
+            outputs = None
+            error = f"{type(exc).__name__}: {exc}"
+        if outputs is None:
+            replies = [Reply(error=error) for _ in prompts]
+            for i, reply in enumerate(replies):
+                if on_result:
+                    on_result(i, reply)
+            return replies
+        replies = []
+        for i, (prompt, output) in enumerate(zip(prompts, outputs)):
+            tokens = sum(len(c.token_ids) for c in output.outputs)
+            self.generated_tokens += tokens
+            reply = Reply(texts=[c.text.strip() for c in output.outputs], finish_reasons=[str(c.finish_reason) for c in output.outputs],
+                          usage={"prompt_tokens": len(prompt["prompt_token_ids"]), "completion_tokens": tokens})
+            replies.append(reply)
+            if on_result:
+                on_result(i, reply)
+        return replies
+
+    def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
+        replies = self.generate_each(conversations, sampling, desc=desc)
+        failed = next((r for r in replies if not r.ok), None)
+        if failed:
+            raise BackendError(failed.error)
+        return [r.texts for r in replies]
+
+    def close(self) -> None:
+        """Free the GPU memory, so that the next model of a run can load in the same process."""
+        import gc
+
+        import torch
+
+        del self.llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def vllm_sampling(sampling: Sampling) -> dict:
+    """vLLM's SamplingParams for critkit's Sampling (greedy when temperature is 0)."""
+    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+            "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop), "seed": sampling.seed}
 
 
 class OpenAIBackend:
@@ -430,14 +531,17 @@ def _retry_after(headers) -> float | None:
 
 
 def make_backend(model: str, backend: str = "auto", **options):
-    """`backend` is "transformers", "openai" or "auto" (openai when a base_url is given)."""
+    """`backend` is "transformers", "vllm", "openai" or "auto" (openai when a base_url is given)."""
     if backend == "auto":
         backend = "openai" if options.get("base_url") else "transformers"
     if backend == "transformers":
         allowed = {"batch_size", "dtype", "progress", "stop_at_answer"}
         return TransformersBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
+    if backend == "vllm":
+        allowed = {"dtype", "progress", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len"}
+        return VLLMBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
     if backend == "openai":
         allowed = {"base_url", "api_key_env", "concurrency", "timeout", "progress", "max_tries", "backoff",
                    "backoff_max", "max_retry_after", "rpm", "tpm"}
         return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
-    raise ValueError(f"unknown backend {backend!r}; use transformers or openai")
+    raise ValueError(f"unknown backend {backend!r}; use transformers, vllm or openai")

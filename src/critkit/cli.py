@@ -28,12 +28,12 @@ def _sampling(args) -> "Sampling":
 def _add_model_flags(p: argparse.ArgumentParser, who: str, default: str | None) -> None:
     p.add_argument(f"--{who}", default=default, help=f"{who} model: HF id, local path, 'embedded'" +
                    (", or 'reference' (offline teacher: grades with math-verify, writes from the reference solution)" if who == "teacher" else ""))
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "openai"],
-                   help="auto: openai when --base-url is given, else local transformers")
+    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm", "openai"],
+                   help="auto: openai when --base-url is given, else local transformers; vllm: in-process vLLM on GPUs")
     p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai backend)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per batch (transformers backend)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences decoded together, refilled as they end (transformers backend)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=512)

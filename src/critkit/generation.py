@@ -12,7 +12,7 @@ produces (tests compare them).
 from __future__ import annotations
 
 from collections import deque
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable
 
 import torch
@@ -20,7 +20,32 @@ import torch
 from .grading import extract_boxed
 from .slot_cache import SLOTS, SlotCache, register
 
-__all__ = ["decode"]
+__all__ = ["decode", "prepack_cpu_linears"]
+
+
+def prepack_cpu_linears(model) -> int:
+    """On CPU in float32, run every linear layer through oneDNN with its weight pre-blocked.
+
+    PyTorch's `F.linear` hands the (out, in) weight to the BLAS as is on every call; oneDNN's
+    linear with the weight reordered once into its blocked layout (what torch.compile's
+    `freezing` does) was 10-15% faster for the layers and 30% faster for SmolLM2's 49K-row output
+    layer at 128 rows on this CPU. For inference only: the packed copy does not follow later
+    weight updates. Returns how many layers were switched (0 on GPU, in half precision, or
+    without oneDNN).
+    """
+    if model.device.type != "cpu" or model.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return 0
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 128)  # 128: typical rows
+            module.forward = partial(_packed_linear, packed, module.bias)
+            switched += 1
+    return switched
+
+
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @lru_cache(maxsize=8)

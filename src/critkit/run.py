@@ -319,10 +319,16 @@ def run(cfg: RunConfig) -> dict:
         return all((eval_root / name / b / "scores.json").exists() for b in bench_names)
 
     def eval_model(name: str, model_path: str):
-        backend = make_backend(model_path, "transformers", batch_size=cfg.eval.get("batch_size", 64))
+        # eval.backend: "transformers" (default) or "vllm" on GPUs.
+        backend = make_backend(model_path, cfg.eval.get("backend", "transformers"), batch_size=cfg.eval.get("batch_size", 64),
+                               tensor_parallel_size=cfg.eval.get("tensor_parallel_size"))
         backend.name = name
-        for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
-            print(f"  {name} on {Path(bench).stem}: {100 * scores['accuracy']:.1f}% ({scores['correct']}/{scores['n']})", flush=True)
+        try:
+            for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
+                print(f"  {name} on {Path(bench).stem}: {100 * scores['accuracy']:.1f}% ({scores['correct']}/{scores['n']})", flush=True)
+        finally:
+            if hasattr(backend, "close"):  # vLLM holds the GPU until told otherwise
+                backend.close()
 
     def synthesized():
         if "records" not in cache:
