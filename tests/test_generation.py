@@ -147,3 +147,40 @@ def test_slot_cache_rows_growth_and_attention(tiny_model, monkeypatch, group):
         want = F.scaled_dot_product_attention(q[row : row + 1], keys[None], values[None], scale=0.5, enable_gqa=True)
         torch.testing.assert_close(out[row : row + 1], want.transpose(1, 2), atol=1e-5, rtol=1e-5)
     assert cache.lengths[:2].tolist() == [6, 7]
+
+
+def test_sliding_window_layers_match_generate(embedded_model, tmp_path):
+    """A tiny random Mistral whose 6-token window is much shorter than its prompts: each query
+    may only see the last 6 positions, in prefill and in decoding, as transformers masks it."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6, max_position_embeddings=256,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    questions = ["What is seven times eight, in words?", "Hi.", "Count from one to five, slowly, please."]
+    ours = decode(model, tokenizer, _ids(tokenizer, questions), max_new_tokens=16, rows=2)
+    for k, q in enumerate(questions):
+        assert ours[k] == [_reference(load_model(str(tmp_path)), tokenizer, 16, [q])[0]], q
+    # Without the window the tokens differ: the test can fail.
+    model.config.sliding_window = None
+    assert decode(model, tokenizer, _ids(tokenizer, questions), max_new_tokens=16, rows=2) != ours
+
+
+def test_attention_the_cache_cannot_do_is_refused_by_name(embedded_model, tmp_path):
+    """Gemma-2 soft-caps attention logits; rather than decode it wrongly, decoding says so."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, attn_logit_softcapping=50.0,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    with pytest.raises(NotImplementedError, match="softcap.*vllm"):
+        decode(model, tokenizer, _ids(tokenizer, ["Hi."]), max_new_tokens=4)

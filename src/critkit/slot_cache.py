@@ -125,8 +125,13 @@ class SlotCache:
         return {"slots": self}
 
     # -- attention -----------------------------------------------------------------------------
-    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
-        """Store this layer's new keys/values and attend over the cache; (batch, q_len, heads, dim)."""
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+               window: int | None = None) -> torch.Tensor:
+        """Store this layer's new keys/values and attend over the cache; (batch, q_len, heads, dim).
+
+        `window`: a sliding-window layer's width (Mistral, Gemma's local layers): a query at
+        position i sees keys at positions > i - window, as transformers' sliding-window mask does.
+        """
         keys, values = self.keys[layer], self.values[layer]
         groups = query.shape[1] // self.kv_heads
         if self._segments is not None:  # packed prefill: causal attention within each row
@@ -137,6 +142,8 @@ class SlotCache:
                 keys[row, :, start:end] = key[0, :, part]
                 values[row, :, start:end] = value[0, :, part]
                 allowed = torch.ones(count, end, dtype=torch.bool, device=query.device).tril(diagonal=start)
+                if window:
+                    allowed = allowed.triu(diagonal=start - window + 1)
                 out[:, :, part] = F.scaled_dot_product_attention(
                     query[:, :, part], keys[row : row + 1, :, :end], values[row : row + 1, :, :end],
                     attn_mask=allowed, scale=scaling, enable_gqa=groups > 1)
@@ -153,6 +160,9 @@ class SlotCache:
         q = query.view(live, self.kv_heads, groups, -1)
         out = torch.empty_like(q)
         for lo, hi, span, allowed in self._groups:
+            if window:
+                recent = torch.arange(span, device=query.device)[None, :] > lengths[lo:hi, None] - window
+                allowed = allowed & recent[:, None, None, :]
             out[lo:hi] = F.scaled_dot_product_attention(q[lo:hi], keys[lo:hi, :, :span], values[lo:hi, :, :span],
                                                         attn_mask=allowed, scale=scaling)
         return out.view(live, 1, query.shape[1], -1)
@@ -162,12 +172,18 @@ class SlotCache:
         self.lengths[: self.live] += 1
 
 
-def slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, slots=None, **kwargs):
+def slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, slots=None,
+                   sliding_window=None, **kwargs):
     if slots is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return slots.attend(module.layer_idx, query, key, value, scaling), None
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    unsupported = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
+    if unsupported:  # Gemma-2's logit soft-capping, gpt-oss's attention sinks: not in this cache's attention
+        raise NotImplementedError(f"critkit's continuous batching does not implement {', '.join(unsupported)} "
+                                  f"({type(module).__name__}); use backend 'vllm' for this model")
+    return slots.attend(module.layer_idx, query, key, value, scaling, window=sliding_window), None
 
 
 def register() -> str:
