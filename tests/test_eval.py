@@ -108,15 +108,17 @@ def test_transformers_backend_counts_tokens_and_reports_a_failing_prompt(tiny_mo
         backend.generate(conversations, Sampling(max_new_tokens=3))
 
 
-def test_vllm_backend_explains_a_missing_install_and_translates_sampling():
+def test_vllm_backend_explains_a_missing_install_and_translates_sampling(tmp_path, capsys):
     from critkit.backends import BackendError, make_backend, vllm_sampling
+    from critkit.cli import main
 
-    pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(BackendError, match=r"critkit\[vllm\]"):
             make_backend("embedded", "vllm")
+        code = main(["eval", "--model", "embedded", "--backend", "vllm", "--benchmarks", "gsm8k", "-o", str(tmp_path)])
+        assert code == 2 and "critkit: error: backend 'vllm' needs vLLM" in capsys.readouterr().err
     assert vllm_sampling(Sampling(max_new_tokens=7, n=4, temperature=0.6, top_p=0.9, seed=3, stop=("</s>",))) == {
         "n": 4, "temperature": 0.6, "top_p": 0.9, "max_tokens": 7, "stop": ["</s>"], "seed": 3}
     assert vllm_sampling(Sampling(top_p=0.5))["top_p"] == 1.0  # greedy ignores top_p

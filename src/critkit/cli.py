@@ -397,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .records import RecordError
+    from .backends import BackendError
     from .config import ConfigError
     from .jobs import JobError
+    from .records import RecordError
 
     try:
         args.fn(args)
-    except (RecordError, ConfigError, JobError) as exc:
+    except (RecordError, ConfigError, JobError, BackendError) as exc:
         print(f"critkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
