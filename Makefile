@@ -35,7 +35,7 @@ test: $(STAMP)
 	touch $@
 
 bench-eval: $(STAMP) .venv-lmeval/.installed
-	$(PY) benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python --questions 128 --batch-size 128 --lmeval-batch-size 16,128
+	$(PY) benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python --questions 128 --batch-size 128 --lmeval-batch-size 16,128 -o benchmarks/results/eval_throughput_128.json
 
 # critkit's default training against TRL's SFTTrainer with padded batches (README: Efficiency).
 bench-train: $(STAMP)
