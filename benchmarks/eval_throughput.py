@@ -7,6 +7,7 @@ critkit's grader so accuracy can be compared too. Model loading is not timed.
 
     make bench-eval          # creates .venv-lmeval with lm-eval 0.4.13 and runs this
     python benchmarks/eval_throughput.py --lmeval-python .venv-lmeval/bin/python --questions 64
+    python benchmarks/eval_throughput.py --only critkit ...   # one engine, e.g. for repeated whole-process timing
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> int:
     parser.add_argument("--lmeval-batch-size", default="16",
                         help="comma-separated: lm-eval runs once per batch size; the ratio is against its fastest")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--only", choices=["lmeval", "critkit"],
+                        help="run one engine (critkit: one pass, no stop-at-answer), to time each as a whole process")
     parser.add_argument("-o", "--output", default="eval_throughput.json")
     args = parser.parse_args()
 
@@ -48,7 +51,7 @@ def main() -> int:
     prompts = [backend.render(answer_prompt(p.question)) for p in problems]
     rows = []
 
-    for lm_batch in [int(b) for b in str(args.lmeval_batch_size).split(",")]:
+    for lm_batch in [] if args.only == "critkit" else [int(b) for b in str(args.lmeval_batch_size).split(",")]:
         job = {"model": resolve_model("embedded"), "prompts": prompts, "max_new_tokens": args.max_new_tokens,
                "batch_size": lm_batch, "until": ["<|im_end|>"]}
         done = subprocess.run([args.lmeval_python, "benchmarks/_lmeval_generate.py"], input=json.dumps(job),
@@ -59,7 +62,7 @@ def main() -> int:
     peers = list(rows)
 
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
-    for stop in (False, True):
+    for stop in {None: (False, True), "critkit": (False,), "lmeval": ()}[args.only]:
         backend.stop_at_answer = stop
         start = time.perf_counter()
         outs = backend.generate([answer_prompt(p.question) for p in problems], sampling)
@@ -67,7 +70,7 @@ def main() -> int:
         rows.append(_row(label, [o[0] for o in outs], time.perf_counter() - start, golds, backend.tokenizer))
         print(json.dumps(rows[-1]), flush=True)
 
-    base = max(peers, key=lambda r: r["questions_per_minute"])  # the peer at its fastest batch size
+    base = max(peers or rows, key=lambda r: r["questions_per_minute"])  # the peer at its fastest batch size
     print(f"| engine | seconds | questions/min | generated tok/s | accuracy | questions/min vs fastest lm-eval |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['engine']} | {r['seconds']} | {r['questions_per_minute']} | {r['tokens_per_second']} | "
