@@ -133,6 +133,16 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut]
 
 
+def render_chat(tokenizer, conversation: Messages) -> str:
+    """The prompt text a chat model reads: its own chat template, the assistant turn opened."""
+    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+def chat_ids(tokenizer, conversation: Messages) -> list[int]:
+    """Token ids of `render_chat` (the template already holds the special tokens, so none are added)."""
+    return tokenizer(render_chat(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+
+
 class TransformersBackend:
     """Local generation with continuous batching (generation.py): `batch_size` rows decode together.
 
@@ -158,7 +168,7 @@ class TransformersBackend:
         self.generated_tokens = 0
 
     def render(self, conversation: Messages) -> str:
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, conversation)
 
     def _each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult, desc: str) -> None:
         """Generate for every conversation; `on_result(i, reply)` as each one ends."""
@@ -166,7 +176,7 @@ class TransformersBackend:
 
         from .generation import decode
 
-        prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        prompts = [chat_ids(self.tokenizer, c) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long ones start early
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
 
@@ -267,31 +277,25 @@ class VLLMBackend:
         self.generated_tokens = 0
 
     def render(self, conversation: Messages) -> str:
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, conversation)
 
     def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
                       desc: str = "generate") -> list[Reply]:
-        prompts = [{"prompt_token_ids": self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]}
-                   for c in conversations]
+        prompts = [{"prompt_token_ids": chat_ids(self.tokenizer, c)} for c in conversations]
         params = self._vllm.SamplingParams(**vllm_sampling(sampling))
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=self.progress, lora_request=self._lora)
         except Exception as exc:  # noqa: BLE001 - one engine call for all prompts: each gets the error
-            outputs = None
-            error = f"{type(exc).__name__}: {exc}"
-        if outputs is None:
-            replies = [Reply(error=error) for _ in prompts]
-            for i, reply in enumerate(replies):
-                if on_result:
-                    on_result(i, reply)
-            return replies
-        replies = []
-        for i, (prompt, output) in enumerate(zip(prompts, outputs)):
-            tokens = sum(len(c.token_ids) for c in output.outputs)
-            self.generated_tokens += tokens
-            reply = Reply(texts=[c.text.strip() for c in output.outputs], finish_reasons=[str(c.finish_reason) for c in output.outputs],
-                          usage={"prompt_tokens": len(prompt["prompt_token_ids"]), "completion_tokens": tokens})
-            replies.append(reply)
+            replies = [Reply(error=f"{type(exc).__name__}: {exc}") for _ in prompts]
+        else:
+            replies = []
+            for prompt, output in zip(prompts, outputs):
+                tokens = sum(len(c.token_ids) for c in output.outputs)
+                self.generated_tokens += tokens
+                replies.append(Reply(texts=[c.text.strip() for c in output.outputs],
+                                     finish_reasons=[str(c.finish_reason) for c in output.outputs],
+                                     usage={"prompt_tokens": len(prompt["prompt_token_ids"]), "completion_tokens": tokens}))
+        for i, reply in enumerate(replies):
             if on_result:
                 on_result(i, reply)
         return replies
