@@ -292,7 +292,20 @@ def train(cfg: TrainConfig) -> Path:
         from .curves import plot_losses
 
         plot_losses({out.name: trainer.state.log_history}, out / "loss.png", title=f"training loss: {out}")
+    _leave_process_group()
     return final
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`: wait until the first process has written its files, then leave
+    the process group. A process that exits while the gloo group is still alive can abort in
+    teardown ("terminate called without an active exception", exit -6, after training and saving
+    had succeeded); a clean CI run failed that way once."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _last_checkpoint(out: Path) -> str | None:
