@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from critkit.backends import OpenAIBackend, Sampling
-from critkit.jobs import run_stage
+from critkit.engine.backends import OpenAIBackend, Sampling
+from critkit.synth.jobs import run_stage
 
 
 class Instant:
@@ -40,7 +40,7 @@ class Instant:
 
 
 def serve_forever() -> None:
-    from critkit.serve import make_server
+    from critkit.engine.serve import make_server
 
     server = make_server(Instant())
     server.request_queue_size = 256  # 64 clients connect at once; the default backlog of 5 drops SYNs

@@ -18,11 +18,11 @@ import subprocess
 import sys
 import time
 
-from critkit.backends import Sampling, TransformersBackend
-from critkit.benchmarks import BENCHMARKS, load_benchmark
+from critkit.engine.backends import Sampling, TransformersBackend
+from critkit.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from critkit.grading import grade
-from critkit.methods import answer_prompt
-from critkit.models import resolve_model
+from critkit.training.methods import answer_prompt
+from critkit.engine.models import resolve_model
 
 
 def _row(name: str, outputs: list[str], seconds: float, golds: list[str], tokenizer) -> dict:

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from critkit.benchmarks import BENCHMARKS, data_dir, load_benchmark
+from critkit.evaluation.benchmarks import BENCHMARKS, data_dir, load_benchmark
 from critkit.grading import answers_match, extract_answer, grade
-from critkit.records import read_rows
-from critkit.sources import load_source
+from critkit.data.records import read_rows
+from critkit.data.sources import load_source
 
 # OlympiadBench's solutions state the answer in prose, never boxed: its gold list is graded instead.
 REFERENCE_FIELD = {"gsm8k": "answer", "math500": "solution", "minerva_math": "solution", "aime24": "solution"}

@@ -33,11 +33,11 @@ NOISY = ROOT.parent / "shared" / "data" / "noisy" / "gsm8k_test_model_solutions.
 
 
 def make_pairs(path: Path, n: int, seed: int = 0) -> None:
-    from critkit import synth
-    from critkit.backends import Sampling
-    from critkit.methods import build_pairs
-    from critkit.records import write_jsonl
-    from critkit.sources import load_source
+    from critkit.synth import stages as synth
+    from critkit.engine.backends import Sampling
+    from critkit.training.methods import build_pairs
+    from critkit.data.records import write_jsonl
+    from critkit.data.sources import load_source
 
     records = load_source(str(NOISY), "gsm8k-noisy", None)
     random.Random(seed).shuffle(records)
@@ -60,8 +60,8 @@ def run_engine(engine: str, pairs: str, args) -> dict:
     """Train once in this process and return the figures."""
     from trl import SFTConfig, SFTTrainer
 
-    from critkit.models import load_model, load_tokenizer
-    from critkit.train import TrainConfig, _load_pairs, _make_trainer_class, sft_defaults
+    from critkit.engine.models import load_model, load_tokenizer
+    from critkit.training.train import TrainConfig, _load_pairs, _make_trainer_class, sft_defaults
 
     dataset = _load_pairs(pairs, None)
     tokenizer = load_tokenizer("embedded", padding_side="right")
@@ -70,7 +70,7 @@ def run_engine(engine: str, pairs: str, args) -> dict:
         config = SFTConfig(output_dir=tempfile.mkdtemp(), **_settings(args))
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     else:  # critkit's defaults, as `critkit train` sets them
-        from critkit.attention import register
+        from critkit.training.attention import register
 
         cfg = TrainConfig(model="embedded", data=pairs, output_dir=tempfile.mkdtemp(), sft=_settings(args))
         config = SFTConfig(**sft_defaults(cfg))

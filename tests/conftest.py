@@ -35,7 +35,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def embedded_model() -> str:
     """Path of the embedded model (converted from GGUF into the user cache on first use)."""
-    from critkit.models import resolve_model
+    from critkit.engine.models import resolve_model
 
     return resolve_model("embedded")
 

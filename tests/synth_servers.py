@@ -19,7 +19,7 @@ import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from critkit.serve import serve
+from critkit.engine.serve import serve
 
 
 def scripted_reply(conversation) -> str:
@@ -42,7 +42,7 @@ def write_reply(handler: BaseHTTPRequestHandler, status: int, headers: dict, bod
 
 
 class ScriptedTeacher:
-    """A backend object for `critkit.serve.serve`: instant (or `delay` seconds per call), counted."""
+    """A backend object for `critkit.engine.serve.serve`: instant (or `delay` seconds per call), counted."""
 
     def __init__(self, name: str = "scripted", delay: float = 0.0):
         self.name, self.delay = name, delay

@@ -15,8 +15,8 @@ import yaml
 from critkit.ablate import find_config, load_ablation
 from critkit.cli import main
 from critkit.config import ConfigError, load_yaml
-from critkit.demo import make_demo
-from critkit.records import read_records, write_jsonl, write_records
+from critkit.data.demo import make_demo
+from critkit.data.records import read_records, write_jsonl, write_records
 
 ABLATIONS = {  # name -> (variants, sets): the rows of its table are variant x set
     "cft-table5-sources": (["webinstruct", "metamath", "numina"], ["cft"]),

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from critkit.backends import BackendError, OpenAIBackend, Sampling, TransformersBackend
-from critkit.serve import serve
+from critkit.engine.backends import BackendError, OpenAIBackend, Sampling, TransformersBackend
+from critkit.engine.serve import serve
 from synth_servers import write_reply
 
 CONVERSATIONS = [

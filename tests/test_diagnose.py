@@ -9,18 +9,18 @@ from dataclasses import replace
 
 import pytest
 
-from critkit.backends import Sampling
-from critkit.demo import make_demo
+from critkit.engine.backends import Sampling
+from critkit.data.demo import make_demo
 from critkit.diagnostics import run_probe
 from critkit.diagnostics.attention import SECTIONS, generation_shares, section_ids
 from critkit.diagnostics.common import load_samples, messages, model_labels
 from critkit.diagnostics.counterfactual import FIXED_NONSENSE, nonsense_critiques
 from critkit.diagnostics.gradnorm import gradient_norm
 from critkit.grading import grade
-from critkit.methods import cgd
+from critkit.training.methods import cgd
 from critkit.prompts import render
-from critkit.records import Record, write_records
-from critkit.synth import REFERENCE, critique, refine
+from critkit.data.records import Record, write_records
+from critkit.synth.stages import REFERENCE, critique, refine
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_probe_input_is_the_cgd_training_input(records):
 def test_entropy_equals_direct_computation_and_models_are_t_tested(records, records_file, embedded_model, tiny_model):
     from scipy.stats import ttest_rel
 
-    from critkit.models import load_model, load_tokenizer
+    from critkit.engine.models import load_model, load_tokenizer
 
     result = run_probe("entropy", records_file, [embedded_model, tiny_model], labels=["base", "tiny"], limit=3)
     assert result["data"]["used"] == 3 and [m["label"] for m in result["models"]] == ["base", "tiny"]
@@ -101,7 +101,7 @@ def test_gradnorm_equals_norm_of_a_hand_computed_loss(records, tiny_model):
     """Masking the prompt and averaging over target tokens, done here by hand from the logits."""
     import torch
 
-    from critkit.models import load_model, load_tokenizer
+    from critkit.engine.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
     samples, _ = load_samples(records[:1])
@@ -141,7 +141,7 @@ def test_streamed_attention_shares_equal_full_attention_matrices(records, tiny_m
     """The hook's per-step reduction equals the shares computed afterwards from the full matrices."""
     import torch
 
-    from critkit.models import load_model, load_tokenizer
+    from critkit.engine.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model, attn_implementation="eager"), load_tokenizer(tiny_model)
     samples, _ = load_samples(records[:1])

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from critkit.config import ConfigError, packaged_config_text, packaged_configs
-from critkit.records import write_jsonl
+from critkit.data.records import write_jsonl
 from conftest import varied_pairs  # tests/conftest.py, on the path pytest sets up
 
 ACCELERATE_DIR = Path(str(resources.files("critkit").joinpath("configs", "accelerate")))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from critkit.config import ConfigError
-from critkit.records import write_jsonl
-from critkit.train import TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
+from critkit.data.records import write_jsonl
+from critkit.training.train import TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -31,8 +31,8 @@ def test_estimate_counts_what_the_trainer_builds(tiny_model, pairs_file, tmp_pat
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig
 
-    from critkit.estimate import estimate
-    from critkit.models import load_model, load_tokenizer
+    from critkit.training.estimate import estimate
+    from critkit.engine.models import load_model, load_tokenizer
 
     cfg = TrainConfig(model=tiny_model, data=str(pairs_file), output_dir=str(tmp_path / "o"),
                       sft={"max_length": 64, "per_device_train_batch_size": 4, "num_train_epochs": 2})
@@ -83,14 +83,14 @@ def test_training_writes_loss_curve_estimate_and_tensorboard_logs(tiny_model, pa
     assert (out / "loss.png").stat().st_size > 1000
     planned = json.loads((out / "estimate.json").read_text())
     assert planned["examples"] + planned["dropped"] == 12 and planned["tokens"] > 0
-    from critkit.train import _has_tensorboard
+    from critkit.training.train import _has_tensorboard
 
     if _has_tensorboard():
         assert list(out.glob("runs/**/events.out.tfevents.*")), "TensorBoard event files missing"
 
 
 def test_checkpoint_accuracy_plot(tmp_path):
-    from critkit.curves import plot_checkpoint_accuracy, plot_losses
+    from critkit.training.curves import plot_checkpoint_accuracy, plot_losses
 
     path = plot_checkpoint_accuracy({"cgd": {"checkpoint-10": 0.2, "checkpoint-20": 0.35, "final": 0.35},
                                      "cft": {"checkpoint-10": 0.1, "checkpoint-20": 0.15}}, tmp_path / "acc.png")

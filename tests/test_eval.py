@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from critkit.backends import Sampling, TransformersBackend
-from critkit.benchmarks import BENCHMARKS, BenchmarkSpec, get_benchmark, load_benchmark
-from critkit.evaluate import evaluate_benchmark
+from critkit.engine.backends import Sampling, TransformersBackend
+from critkit.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, get_benchmark, load_benchmark
+from critkit.evaluation.evaluate import evaluate_benchmark
 from critkit.grading import grade
 
 ROWS = {"gsm8k": 1319, "math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "amc23": 40, "theoremqa": 800}
@@ -25,7 +25,7 @@ def test_every_builtin_benchmark_loads_with_gold(name, shared_data):
 @pytest.mark.parametrize("name, field", [("gsm8k", "answer"), ("math500", "solution"), ("minerva_math", "solution")])
 def test_reference_solutions_grade_as_correct(name, field, shared_data):
     """A benchmark's own solution must be accepted against its gold answer (grader sanity)."""
-    from critkit.records import read_rows
+    from critkit.data.records import read_rows
 
     spec = BENCHMARKS[name]
     problems, _ = load_benchmark(spec, limit=60)
@@ -88,7 +88,7 @@ def test_generation_is_batched_greedy_and_sampled(embedded_model):
 def test_transformers_backend_counts_tokens_and_reports_a_failing_prompt(tiny_model):
     """Usage is counted per conversation with the model's tokenizer, and a prompt the model
     cannot read fails alone in generate_each (generate raises for it)."""
-    from critkit.backends import BackendError
+    from critkit.engine.backends import BackendError
 
     backend = TransformersBackend(tiny_model, batch_size=2, progress=False)
     conversations = [[{"role": "user", "content": q}] for q in ["one", "two two", "three three three"]]
@@ -109,7 +109,7 @@ def test_transformers_backend_counts_tokens_and_reports_a_failing_prompt(tiny_mo
 
 
 def test_vllm_backend_explains_a_missing_install_and_translates_sampling(tmp_path, capsys):
-    from critkit.backends import BackendError, make_backend, vllm_sampling
+    from critkit.engine.backends import BackendError, make_backend, vllm_sampling
     from critkit.cli import main
 
     try:

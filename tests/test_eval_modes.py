@@ -12,9 +12,9 @@ from itertools import combinations
 
 import pytest
 
-from critkit.backends import Sampling
-from critkit.benchmarks import get_benchmark, load_benchmark
-from critkit.evaluate import evaluate_benchmark, pass_at_k
+from critkit.engine.backends import Sampling
+from critkit.evaluation.benchmarks import get_benchmark, load_benchmark
+from critkit.evaluation.evaluate import evaluate_benchmark, pass_at_k
 from critkit.grading import extract_choice
 
 

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from critkit.backends import OpenAIBackend, RateLimiter, Sampling
-from critkit.jobs import format_summary, run_stage
+from critkit.engine.backends import OpenAIBackend, RateLimiter, Sampling
+from critkit.synth.jobs import format_summary, run_stage
 from critkit.prompts import load_prompt, render
 from synth_servers import FAULTS, FaultProxy, ScriptedServer, scripted_reply, write_reply
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from critkit.generation import _shared_prefix, decode
-from critkit.models import load_model, load_tokenizer
-from critkit.slot_cache import SlotCache
+from critkit.engine.generation import _shared_prefix, decode
+from critkit.engine.models import load_model, load_tokenizer
+from critkit.engine.slot_cache import SlotCache
 
 PROMPTS = ["Say hi.", "What is 2 + 2? Put the answer in \\boxed{}.", "Name three colours.", "Reply with one word: yes or no?"]
 
@@ -120,7 +120,7 @@ def test_slot_cache_rows_growth_and_attention(tiny_model, monkeypatch, group):
     each in its own."""
     from transformers import AutoConfig
 
-    monkeypatch.setattr("critkit.slot_cache.ATTENTION_GROUP", group)
+    monkeypatch.setattr("critkit.engine.slot_cache.ATTENTION_GROUP", group)
     config = AutoConfig.from_pretrained(tiny_model)  # 4 query heads over 2 kv heads, head_dim 8
     cache = SlotCache(config, rows=3, capacity=4, dtype=torch.float32, device="cpu")
     torch.manual_seed(0)

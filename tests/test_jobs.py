@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from critkit.backends import OpenAIBackend, Sampling
+from critkit.engine.backends import OpenAIBackend, Sampling
 from critkit.cli import main
-from critkit.jobs import Journal, JobError, merge_shards, run_stage, shard_of
-from critkit.methods import build_pairs
-from critkit.records import read_records
+from critkit.synth.jobs import Journal, JobError, merge_shards, run_stage, shard_of
+from critkit.training.methods import build_pairs
+from critkit.data.records import read_records
 from synth_servers import ScriptedServer
 
 SAMPLING = Sampling(temperature=0.3, top_p=0.95, max_new_tokens=64)
@@ -228,7 +228,7 @@ def test_reference_teacher_stats_command_and_bad_lines(tmp_path, shared_data):
     assert main(["critique", "-i", str(tmp_path / "n.jsonl"), "-o", str(out), "--teacher", "reference"]) == 0
     records = read_records(out)
     assert all(r.verdict == ("right" if r.meta["is_correct"] else "wrong") for r in records)
-    from critkit.stats import run_stats
+    from critkit.synth.stats import run_stats
 
     text = run_stats(out, png=tmp_path / "h.png", tokenizer="whitespace")
     assert "teacher vs human labels (is_correct): 100.0% of 16 parsed verdicts agree" in text
@@ -245,7 +245,7 @@ def test_reference_teacher_stats_command_and_bad_lines(tmp_path, shared_data):
 def embedded_backend():
     import torch
 
-    from critkit.backends import TransformersBackend
+    from critkit.engine.backends import TransformersBackend
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 135M model on a shared 2-core CPU is fastest on one thread
@@ -254,7 +254,7 @@ def embedded_backend():
 
 
 def test_embedded_model_as_teacher_over_http_and_locally(tmp_path, embedded_backend):
-    from critkit.serve import serve
+    from critkit.engine.serve import serve
 
     inp = write(tmp_path / "in.jsonl", make_rows(3, gold=True))
     server, thread = serve(embedded_backend)

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from critkit.backends import OpenAIBackend, Sampling
-from critkit.jobs import run_stage
+from critkit.engine.backends import OpenAIBackend, Sampling
+from critkit.synth.jobs import run_stage
 from synth_servers import ScriptedServer
 
 N = 80

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from critkit.methods import METHODS, Pair, Skip, answer_prompt, build_pairs
+from critkit.training.methods import METHODS, Pair, Skip, answer_prompt, build_pairs
 from critkit.prompts import PROMPT_NAMES, load_prompt, render
-from critkit.records import Record
+from critkit.data.records import Record
 
 # --------------------------------------------------------------- the papers' prompts, verbatim
 

@@ -9,13 +9,13 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from critkit.backends import Sampling
+from critkit.engine.backends import Sampling
 from critkit.config import ConfigError
-from critkit.demo import make_demo
-from critkit.methods import METHODS, build_pairs
-from critkit.mixtures import (_NEEDS, Shortfall, TrainingSet, build_set, length_matched, parse_set, parse_sets,
+from critkit.data.demo import make_demo
+from critkit.training.methods import METHODS, build_pairs
+from critkit.training.mixtures import (_NEEDS, Shortfall, TrainingSet, build_set, length_matched, parse_set, parse_sets,
                               right_wrong, stages_needed)
-from critkit import synth
+from critkit.synth import stages as synth
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def records():
 
 @pytest.fixture(scope="module")
 def token_lengths(tiny_model):
-    from critkit.models import load_tokenizer
+    from critkit.engine.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)  # the embedded model's tokenizer
     return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

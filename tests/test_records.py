@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from critkit.records import Record, RecordError, read_jsonl, read_records, write_jsonl, write_records
+from critkit.data.records import Record, RecordError, read_jsonl, read_records, write_jsonl, write_records
 
 
 def _full() -> Record:
@@ -228,7 +228,7 @@ def test_parquet_meta_that_is_not_json_names_file_and_row(tmp_path):
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
-    from critkit.records import Record, write_records
+    from critkit.data.records import Record, write_records
 
     path = tmp_path / "r.jsonl"
     write_records(path, [Record("1", "q")])

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from critkit.cli import main
-from critkit.methods import METHODS
-from critkit.records import read_records
+from critkit.training.methods import METHODS
+from critkit.data.records import read_records
 from critkit.config import ConfigError
 
 
@@ -72,7 +72,7 @@ def test_an_http_teacher_from_the_config_becomes_an_openai_backend():
     """The cgd-8b recipe's teacher mapping (model, backend, base_url, concurrency) builds a client."""
     from importlib import resources
 
-    from critkit.backends import OpenAIBackend
+    from critkit.engine.backends import OpenAIBackend
     from critkit.run import _teacher, load_run_config
 
     cfg = load_run_config(str(resources.files("critkit").joinpath("configs", "cgd-8b.yaml")))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from critkit.cli import main
-from critkit.report import mean_std, write_table
+from critkit.report.tables import mean_std, write_table
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -43,7 +43,7 @@ def test_select_scores_every_checkpoint_and_records_the_choice(run_with_checkpoi
 
 
 def test_select_refuses_a_validation_split_that_overlaps_a_test_set(run_with_checkpoints, shared_data):
-    from critkit.select import select_checkpoints
+    from critkit.evaluation.select import select_checkpoints
 
     with pytest.raises(ValueError, match="shares 4 question"):
         select_checkpoints(run_with_checkpoints, validation=str(run_with_checkpoints / "records" / "test.jsonl"), max_new_tokens=4)

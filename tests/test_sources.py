@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from critkit.records import RecordError, write_records
-from critkit.sources import SOURCES, gsm8k_gold, guess_source, load_source, split_cft_input
+from critkit.data.records import RecordError, write_records
+from critkit.data.sources import SOURCES, gsm8k_gold, guess_source, load_source, split_cft_input
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TRAIN = DATA / "train" / "gsm8k_train.jsonl"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from critkit.backends import Sampling
+from critkit.engine.backends import Sampling
 from critkit.prompts import load_prompt
-from critkit.records import Record
-from critkit.sources import load_source
-from critkit.synth import REFERENCE, critique, parse_verdict, refine, respond, solve
+from critkit.data.records import Record
+from critkit.data.sources import load_source
+from critkit.synth.stages import REFERENCE, critique, parse_verdict, refine, respond, solve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TRAIN = DATA / "train" / "gsm8k_train.jsonl"

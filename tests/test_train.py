@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from critkit.records import write_jsonl
+from critkit.data.records import write_jsonl
 from critkit.config import ConfigError
-from critkit.train import TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
+from critkit.training.train import TrainConfig, _load_pairs, _make_trainer_class, load_train_config, sft_defaults, train
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -29,7 +29,7 @@ def pairs_file(tmp_path):
 def test_prompt_tokens_are_masked(tiny_model, pairs_file, tmp_path):
     from trl import SFTConfig
 
-    from critkit.models import load_model, load_tokenizer
+    from critkit.engine.models import load_model, load_tokenizer
 
     cfg = TrainConfig(model=tiny_model, data=str(pairs_file), output_dir=str(tmp_path / "out"),
                       sft={"max_length": 256, "padding_free": False})
@@ -57,7 +57,7 @@ def test_prompt_tokens_are_masked(tiny_model, pairs_file, tmp_path):
 
 
 def test_full_training_changes_weights_and_logs_loss(tiny_model, pairs_file, tmp_path):
-    from critkit.models import load_model
+    from critkit.engine.models import load_model
 
     before = {k: v.clone() for k, v in load_model(tiny_model).state_dict().items()}
     cfg = load_train_config(None, [f"model={tiny_model}", f"data={pairs_file}", f"output_dir={tmp_path / 'out'}",
@@ -74,7 +74,7 @@ def test_full_training_changes_weights_and_logs_loss(tiny_model, pairs_file, tmp
 
 
 def test_lora_training_saves_an_adapter_that_loads(tiny_model, pairs_file, tmp_path):
-    from critkit.models import load_model
+    from critkit.engine.models import load_model
 
     cfg = load_train_config(None, [f"model={tiny_model}", f"data={pairs_file}", f"output_dir={tmp_path / 'lora'}",
                                    "peft.r=4", "peft.lora_alpha=8", "peft.target_modules=all-linear",
@@ -125,8 +125,8 @@ def test_packaged_recipes_parse_with_paper_hyperparameters():
 
 def test_completion_loss_equals_the_models_own_loss(tiny_model):
     """critkit's CPU loss projects only supervised tokens; it must equal the full-logits loss."""
-    from critkit.models import load_model
-    from critkit.train import completion_loss
+    from critkit.engine.models import load_model
+    from critkit.training.train import completion_loss
 
     model = load_model(tiny_model)
     torch.manual_seed(0)
@@ -154,9 +154,9 @@ def test_padding_free_loss_equals_padded_loss_and_never_crosses_sequences(tiny_m
     batch's: no attention and no label across a sequence boundary (attention.py)."""
     from trl import SFTConfig
 
-    from critkit.attention import register
-    from critkit.models import load_model, load_tokenizer
-    from critkit.train import completion_loss
+    from critkit.training.attention import register
+    from critkit.engine.models import load_model, load_tokenizer
+    from critkit.training.train import completion_loss
 
     path = tmp_path / "varied.jsonl"
     write_jsonl(path, _varied_pairs())

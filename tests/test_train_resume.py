@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from critkit.records import write_jsonl
-from critkit.train import _last_checkpoint
+from critkit.data.records import write_jsonl
+from critkit.training.train import _last_checkpoint
 from conftest import varied_pairs  # tests/conftest.py, on the path pytest sets up
 
 

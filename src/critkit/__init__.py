@@ -3,10 +3,10 @@
 The public surface is small on purpose; everything else is reachable through its module.
 """
 
-from .grading import extract_answer, grade
-from .methods import METHODS, build_pairs
-from .records import Record, RecordError, read_records, write_records
-from .sources import SOURCES, load_source
+from .grading.answers import extract_answer, grade
+from .training.methods import METHODS, build_pairs
+from .data.records import Record, RecordError, read_records, write_records
+from .data.sources import SOURCES, load_source
 
 __all__ = [
     "extract_answer",

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, find_config, load_yaml
-from .mixtures import parse_sets, stages_needed
+from .training.mixtures import parse_sets, stages_needed
 from .run import RunConfig, benchmarks, load_data, load_run_config, run, run_results
 
 __all__ = ["AblationConfig", "find_config", "load_ablation", "ablate"]
@@ -197,7 +197,7 @@ def ablate(cfg: AblationConfig, runs: dict[str, RunConfig]) -> dict:
 
 def write_ablation_table(cfg: AblationConfig, runs: dict[str, RunConfig]) -> dict:
     """table.md / .csv / .png from the variants' run folders (rows variant x set, base first)."""
-    from .report import write_table
+    from .report.tables import write_table
 
     results = {name: run_results(rcfg) for name, rcfg in runs.items()}
     benches: list[str] = []

@@ -19,7 +19,7 @@ def _config_path(name: str) -> str:
 
 
 def _sampling(args) -> "Sampling":
-    from .backends import Sampling
+    from .engine.backends import Sampling
 
     return Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, n=args.n,
                     seed=args.seed, stop=tuple(args.stop or ()))
@@ -43,8 +43,8 @@ def _add_model_flags(p: argparse.ArgumentParser, who: str, default: str | None) 
 
 
 def _backend(args, name: str):
-    from .backends import make_backend
-    from .synth import REFERENCE
+    from .engine.backends import make_backend
+    from .synth.stages import REFERENCE
 
     if name == REFERENCE:
         return REFERENCE
@@ -56,7 +56,7 @@ def _backend(args, name: str):
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of the durable stage runner (critkit/jobs.py): resume, retries, limits, shards, prices."""
+    """Flags of the durable stage runner (critkit/synth/jobs.py): resume, retries, limits, shards, prices."""
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (connect and each read; openai backend)")
     p.add_argument("--max-tries", type=int, default=6,
                    help="tries per request on 429 / 5xx / timeouts / broken connections, with backoff; then the record is failed")
@@ -70,7 +70,7 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_stage(args) -> None:
-    from .jobs import format_summary, load_prices, parse_shard, run_stage
+    from .synth.jobs import format_summary, load_prices, parse_shard, run_stage
 
     who = args.student if args.command == "respond" else args.teacher
     prices = load_prices(args.prices, who, args.price_prompt, args.price_completion)
@@ -81,21 +81,21 @@ def cmd_stage(args) -> None:
 
 
 def cmd_merge(args) -> None:
-    from .jobs import format_summary, load_prices, merge_shards
+    from .synth.jobs import format_summary, load_prices, merge_shards
 
     print(format_summary(merge_shards(args.shards, args.output, stage=args.stage, prices=load_prices(args.prices))))
 
 
 def cmd_stats(args) -> None:
-    from .stats import run_stats
+    from .synth.stats import run_stats
 
     print(run_stats(args.file, png=args.png, tokenizer=args.tokenizer))
 
 
 def cmd_data(args) -> None:
-    from .demo import make_demo
-    from .records import write_records
-    from .sources import load_source
+    from .data.demo import make_demo
+    from .data.records import write_records
+    from .data.sources import load_source
 
     if args.source == "demo":
         train, test = make_demo(train=args.train, test=args.test, seed=args.seed)
@@ -110,8 +110,8 @@ def cmd_data(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .methods import build_pairs
-    from .records import read_records, write_jsonl
+    from .training.methods import build_pairs
+    from .data.records import read_records, write_jsonl
 
     rows, skipped = build_pairs(args.method, read_records(args.input), verified_only=args.verified_only)
     write_jsonl(args.output, rows)
@@ -121,7 +121,7 @@ def cmd_build(args) -> None:
 
 
 def _train_config_from_args(args):
-    from .train import load_train_config
+    from .training.train import load_train_config
 
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not Path(config).exists():  # `critkit train key=value ...`, no config file
@@ -130,7 +130,7 @@ def _train_config_from_args(args):
 
 
 def cmd_train(args) -> None:
-    from .train import train
+    from .training.train import train
 
     final = train(_train_config_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -138,7 +138,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_estimate(args) -> None:
-    from .estimate import estimate, format_estimate
+    from .training.estimate import estimate, format_estimate
 
     print(format_estimate(estimate(_train_config_from_args(args), devices=args.devices)))
 
@@ -164,8 +164,8 @@ def cmd_configs(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .backends import make_backend
-    from .evaluate import evaluate
+    from .engine.backends import make_backend
+    from .evaluation.evaluate import evaluate
 
     backend = make_backend(args.model, args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
                            concurrency=args.concurrency, batch_size=args.batch_size, stop_at_answer=args.stop_at_answer)
@@ -195,7 +195,7 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_collection
+    from .report.tables import write_collection
 
     table = write_collection([Path(r) for r in args.runs], Path(args.output), title=args.title)
     print((Path(args.output) / "table.md").read_text())
@@ -203,7 +203,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_select(args) -> None:
-    from .select import select_checkpoints
+    from .evaluation.select import select_checkpoints
 
     choice = select_checkpoints(Path(args.run_dir), args.method, validation=args.validation, limit=args.limit,
                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -213,7 +213,7 @@ def cmd_select(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from .serve import run_server
+    from .engine.serve import run_server
 
     run_server(args.model, args.host, args.port, args.batch_size)
 
@@ -223,7 +223,7 @@ def cmd_serve(args) -> None:
 
 def cmd_diagnose(args) -> None:
     from .diagnostics import run_probe
-    from .records import RecordError
+    from .data.records import RecordError
 
     options = {k: getattr(args, k) for k in ("max_new_tokens", "nonsense", "seed", "batch_size") if hasattr(args, k)}
     try:
@@ -397,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .backends import BackendError
+    from .engine.backends import BackendError
     from .config import ConfigError
-    from .jobs import JobError
-    from .records import RecordError
+    from .synth.jobs import JobError
+    from .data.records import RecordError
 
     try:
         args.fn(args)

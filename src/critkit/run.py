@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from .backends import Sampling, make_backend
-from .mixtures import Shortfall, TrainingSet, build_set, parse_sets, stages_needed
-from .records import read_records, write_jsonl, write_records
+from .engine.backends import Sampling, make_backend
+from .training.mixtures import Shortfall, TrainingSet, build_set, parse_sets, stages_needed
+from .data.records import read_records, write_jsonl, write_records
 from .config import ConfigError, apply_overrides, load_yaml
-from .train import TrainConfig, train, validate
+from .training.train import TrainConfig, train, validate
 
 __all__ = ["RunConfig", "load_run_config", "run", "run_results", "training_seeds"]
 
@@ -103,8 +103,8 @@ def check_data(cfg: RunConfig, sets: list[TrainingSet], records) -> None:
     must come with the data: a field a method reads that no stage writes (sft-gold's reference),
     and what the offline reference teacher needs for each stage the set uses (synth.REFERENCE_NEEDS).
     """
-    from .mixtures import fields_read
-    from .synth import REFERENCE, REFERENCE_NEEDS, STAGE_FIELDS
+    from .training.mixtures import fields_read
+    from .synth.stages import REFERENCE, REFERENCE_NEEDS, STAGE_FIELDS
 
     where = f"data.train ({cfg.data.get('train')})"
     if not records:
@@ -172,8 +172,8 @@ class _Steps:
 
 def load_data(cfg: RunConfig, root: Path) -> None:
     """records/{train,test,validation}.jsonl from the config's data section (the run's first step)."""
-    from .demo import make_demo
-    from .sources import load_source
+    from .data.demo import make_demo
+    from .data.sources import load_source
 
     data = cfg.data
     demo: dict[str, list] = {}
@@ -199,7 +199,7 @@ def _sampling(options: dict, seed: int, **defaults) -> Sampling:
 
 
 def _teacher(cfg: RunConfig, student_backend):
-    from .synth import REFERENCE
+    from .synth.stages import REFERENCE
 
     teacher = cfg.synth.get("teacher", REFERENCE)
     if teacher == REFERENCE:
@@ -246,9 +246,9 @@ def _trained(final: Path) -> bool:
 
 
 def run(cfg: RunConfig) -> dict:
-    from . import synth
-    from .evaluate import evaluate
-    from .report import write_report, write_seed_report
+    from .synth import stages as synth
+    from .evaluation.evaluate import evaluate
+    from .report.tables import write_report, write_seed_report
 
     sets = check_run_config(cfg)
     seeds = training_seeds(cfg)
@@ -338,7 +338,7 @@ def run(cfg: RunConfig) -> dict:
     def token_lengths(texts: list[str]) -> list[int]:
         # Lengths in the student's own tokens: what the trainer sees (CFT Table 10 compares tokens).
         if "tokenizer" not in cache:
-            from .models import load_tokenizer
+            from .engine.models import load_tokenizer
 
             cache["tokenizer"] = load_tokenizer(cfg.model)
         return [len(ids) for ids in cache["tokenizer"](texts, add_special_tokens=False)["input_ids"]] if texts else []
@@ -384,7 +384,7 @@ def run(cfg: RunConfig) -> dict:
             final = _train_set(cfg, spec, files, seed, seeds, step)
             step(f"eval {label}", evaluated(label), lambda label=label, final=final: eval_model(label, str(final)))
 
-    from .curves import plot_run_losses
+    from .training.curves import plot_run_losses
 
     curves = plot_run_losses(root / "models", root / "loss.png", title=f"{cfg.name}: training loss")  # every set and seed
     notes = _notes(root) + _set_notes(root, sets)

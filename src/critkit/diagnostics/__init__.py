@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ..records import Record
+from ..data.records import Record
 from . import attention, counterfactual, entropy, gradnorm
 from .common import load_samples, model_labels, write_json
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..prompts import load_prompt, render
-from ..records import Record, RecordError, atomic_path, decode_meta, read_rows
+from ..data.records import Record, RecordError, atomic_path, decode_meta, read_rows
 
 INPUT_NOTE = ("user message = cgd_refine_user(question, response, critique) (cgd_no_critique_user without the "
               "critique), model chat template with add_generation_prompt=True; target = record.refined, else "
@@ -164,7 +164,7 @@ def model_labels(models: list[str], labels: list[str] | None) -> list[str]:
 
 def each_model(models: list[str], labels: list[str], **load_options) -> Iterator[tuple[str, str, object, object]]:
     """(label, name, model, tokenizer), one model in memory at a time."""
-    from ..models import load_model, load_tokenizer
+    from ..engine.models import load_model, load_tokenizer
 
     for name, label in zip(models, labels):
         model = load_model(name, **load_options)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..backends import Sampling, TransformersBackend
-from ..grading import extract_answer, grade
+from ..engine.backends import Sampling, TransformersBackend
+from ..grading.answers import extract_answer, grade
 from .common import INPUT_NOTE, Sample, messages, pyplot, save_figure
 
 CONDITIONS = ("factual", "nonsense")

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .config import load_yaml
-from .grading import extract_boxed
-from .records import read_rows
+from ..config import load_yaml
+from ..grading.answers import extract_boxed
+from ..data.records import read_rows
 
 __all__ = ["BenchmarkSpec", "BENCHMARKS", "get_benchmark", "load_benchmark", "data_dir", "Problem"]
 
@@ -52,7 +52,7 @@ def data_dir() -> Path:
     if os.environ.get("CRITKIT_DATA_DIR"):
         return Path(os.environ["CRITKIT_DATA_DIR"])
     # The workplace layout: the repo's parent holds shared/data. Fall back to the cwd's parent.
-    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[4]):
         candidate = base.parent / "shared" / "data"
         if candidate.exists():
             return candidate

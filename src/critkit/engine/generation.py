@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .grading import extract_boxed
+from ..grading.answers import extract_boxed
 from .slot_cache import SLOTS, SlotCache, register
 
 __all__ = ["decode", "prepack_cpu_linears"]

@@ -63,7 +63,7 @@ def _meta_model(name: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import resolve_model
+    from ..engine.models import resolve_model
 
     path = resolve_model(name)
     adapter = Path(path) / "adapter_config.json"
@@ -119,8 +119,8 @@ def _activation_bytes_per_token(config, bytes_per: int, checkpointed: bool) -> f
 def _count_tokens(pairs_path: str, model: str, max_length: int | None, limit: int | None, sample: int = 2000):
     """(examples kept, tokens, supervised tokens, examples in the file), tokenizing up to `sample`
     pairs and scaling up."""
-    from .models import load_tokenizer
-    from .records import read_jsonl
+    from ..engine.models import load_tokenizer
+    from ..data.records import read_jsonl
 
     tokenizer = load_tokenizer(model, padding_side="right")
     rows = [row for _, row in read_jsonl(pairs_path) if isinstance(row.get("prompt"), list)]

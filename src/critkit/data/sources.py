@@ -11,7 +11,7 @@ import os
 import re
 from typing import Callable
 
-from .grading import extract_boxed
+from ..grading.answers import extract_boxed
 from .records import Record, RecordError, decode_meta, read_rows
 
 __all__ = ["SOURCES", "load_source", "gsm8k_gold", "split_cft_input"]
@@ -76,7 +76,7 @@ def split_cft_input(text: str) -> tuple[str, str] | None:
 
 def from_webinstruct_cft(row, path, number):
     """Alpaca rows of WebInstruct-CFT: the critique is `output`, the verdict its conclusion."""
-    from .synth import parse_verdict
+    from ..synth.stages import parse_verdict
 
     parts = split_cft_input(_need(row, "input", path, number))
     if parts is None:

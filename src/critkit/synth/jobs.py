@@ -35,10 +35,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import synth
-from .backends import Reply, Sampling
-from .records import Record, scan_records
-from .synth import REFERENCE
+from . import stages as synth
+from ..engine.backends import Reply, Sampling
+from ..data.records import Record, scan_records
+from .stages import REFERENCE
 
 __all__ = ["run_stage", "merge_shards", "read_journal", "parse_shard", "shard_of", "usage_table", "format_summary",
            "JobError", "load_prices"]

@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from .config import ConfigError
+from ..config import ConfigError
 from .methods import METHODS, build_pairs
-from .records import Record
+from ..data.records import Record
 
 __all__ = ["TrainingSet", "BuiltSet", "Shortfall", "parse_set", "parse_sets", "fields_read", "build_set", "mix_rows",
            "length_matched", "right_wrong", "take", "stages_needed"]

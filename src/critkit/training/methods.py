@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .prompts import load_prompt, render
-from .records import Record
+from ..prompts import load_prompt, render
+from ..data.records import Record
 
 __all__ = ["METHODS", "Pair", "Skip", "build_pairs", "answer_prompt"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, apply_overrides, load_yaml
+from ..config import ConfigError, apply_overrides, load_yaml
 
 __all__ = ["TrainConfig", "load_train_config", "train", "ConfigError"]
 
@@ -246,7 +246,7 @@ def train(cfg: TrainConfig) -> Path:
     from trl import SFTConfig
 
     from .attention import register as register_varlen
-    from .models import load_model, load_tokenizer
+    from ..engine.models import load_model, load_tokenizer
 
     validate(cfg)
     out = Path(cfg.output_dir)

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from .backends import Sampling, TransformersBackend
+from ..engine.backends import Sampling, TransformersBackend
 from .benchmarks import BENCHMARKS, data_dir, get_benchmark, load_benchmark
 from .evaluate import evaluate_benchmark
 
@@ -71,7 +71,7 @@ def select_checkpoints(run_dir: Path, method: str | None = None, validation: str
         path.write_text(json.dumps(record, indent=1))
         choice[m] = {**record, "path": str(path)}
     if choice:  # validation accuracy over training (CGD Figures 6 and 8), one line per method
-        from .curves import plot_checkpoint_accuracy
+        from ..training.curves import plot_checkpoint_accuracy
 
         (run_dir / "select").mkdir(parents=True, exist_ok=True)
         plot_checkpoint_accuracy({m: c["scores"] for m, c in choice.items()}, run_dir / "select" / "accuracy.png")

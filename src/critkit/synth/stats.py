@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .records import Record, scan_records
+from ..data.records import Record, scan_records
 
 __all__ = ["compute_stats", "format_stats", "plot_lengths", "run_stats", "label_agreement", "token_counter"]
 
@@ -27,7 +27,7 @@ def token_counter(name: str = "embedded") -> Callable[[list[str]], list[int]]:
     """Counts tokens of many texts at once: a model's tokenizer, or 'whitespace' (no model needed)."""
     if name == "whitespace":
         return lambda texts: [len(t.split()) for t in texts]
-    from .models import load_tokenizer
+    from ..engine.models import load_tokenizer
 
     tokenizer = load_tokenizer(name)
     return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []

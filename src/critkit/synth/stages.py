@@ -29,11 +29,11 @@ from collections import Counter
 from dataclasses import replace
 from typing import Iterable
 
-from .backends import Sampling
-from .grading import extract_answer, grade
-from .methods import answer_prompt
-from .prompts import load_prompt, render
-from .records import Record
+from ..engine.backends import Sampling
+from ..grading.answers import extract_answer, grade
+from ..training.methods import answer_prompt
+from ..prompts import load_prompt, render
+from ..data.records import Record
 
 __all__ = ["respond", "critique", "refine", "solve", "parse_verdict", "verify", "REFERENCE", "StageReport", "STAGES",
            "STAGE_FIELDS"]

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from .records import read_jsonl
+from ..data.records import read_jsonl
 
 __all__ = ["collect", "paired_difference", "write_report", "write_collection", "write_seed_report", "write_table", "mean_std"]
 
