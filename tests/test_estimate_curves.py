@@ -83,7 +83,7 @@ def test_training_writes_loss_curve_estimate_and_tensorboard_logs(tiny_model, pa
     assert (out / "loss.png").stat().st_size > 1000
     planned = json.loads((out / "estimate.json").read_text())
     assert planned["examples"] + planned["dropped"] == 12 and planned["tokens"] > 0
-    from critkit.training.train import _has_tensorboard
+    from critkit.training.train_config import _has_tensorboard
 
     if _has_tensorboard():
         assert list(out.glob("runs/**/events.out.tfevents.*")), "TensorBoard event files missing"

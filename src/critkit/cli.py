@@ -121,7 +121,7 @@ def cmd_build(args) -> None:
 
 
 def _train_config_from_args(args):
-    from .training.train import load_train_config
+    from .training.train_config import load_train_config
 
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not Path(config).exists():  # `critkit train key=value ...`, no config file

@@ -10,7 +10,7 @@ import re
 from functools import cache
 from importlib import resources
 
-__all__ = ["load_prompt", "render", "PROMPT_NAMES"]
+__all__ = ["load_prompt", "render", "answer_prompt", "PROMPT_NAMES"]
 
 PROMPT_NAMES = (
     "cot_system",  # Qwen2.5-Math cot answer prompt (evaluation and student answers)
@@ -44,3 +44,8 @@ def render(name: str, **values: str) -> str:
         return values[key]
 
     return _PLACEHOLDER.sub(fill, template)
+
+
+def answer_prompt(question: str) -> list[dict[str, str]]:
+    """What every model is evaluated with: the Qwen2.5-Math cot prompt, question only."""
+    return [{"role": "system", "content": load_prompt("cot_system")}, {"role": "user", "content": question}]

@@ -26,7 +26,8 @@ from .engine.backends import Sampling, make_backend
 from .training.mixtures import Shortfall, TrainingSet, build_set, parse_sets, stages_needed
 from .data.records import read_records, write_jsonl, write_records
 from .config import ConfigError, apply_overrides, load_yaml
-from .training.train import TrainConfig, train, validate
+from .training.train import train
+from .training.train_config import TrainConfig, validate
 
 __all__ = ["RunConfig", "load_run_config", "run", "run_results", "training_seeds"]
 

@@ -12,6 +12,7 @@ import re
 from typing import Callable
 
 from ..grading.answers import extract_boxed
+from ..grading.verdicts import parse_verdict
 from .records import Record, RecordError, decode_meta, read_rows
 
 __all__ = ["SOURCES", "load_source", "gsm8k_gold", "split_cft_input"]
@@ -76,8 +77,6 @@ def split_cft_input(text: str) -> tuple[str, str] | None:
 
 def from_webinstruct_cft(row, path, number):
     """Alpaca rows of WebInstruct-CFT: the critique is `output`, the verdict its conclusion."""
-    from ..synth.stages import parse_verdict
-
     parts = split_cft_input(_need(row, "input", path, number))
     if parts is None:
         raise RecordError(path, number, "field 'input' is not 'Question:\\n...\\n\\nSolution:\\n...'")

@@ -22,8 +22,8 @@ from pathlib import Path
 from ..engine.backends import Sampling
 from .benchmarks import Problem, get_benchmark, load_benchmark
 from ..grading.answers import answers_match, extract_answer, extract_choice
-from ..training.methods import answer_prompt
-from ..prompts import load_prompt, render
+from ..grading.verdicts import parse_verdict
+from ..prompts import answer_prompt, load_prompt, render
 from ..data.records import read_jsonl, write_jsonl
 
 __all__ = ["evaluate", "evaluate_benchmark", "pass_at_k", "CRITIQUE_MARKERS", "MODES"]
@@ -88,8 +88,6 @@ def _generate(backend, problems: list[Problem], sampling: Sampling, mode: str, r
         return [{"responses": o} for o in backend.generate(convs, sampling, desc=desc)]
     if mode != "self-critique-2stage":
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-    from ..synth.stages import parse_verdict
-
     answers = [o[0] for o in backend.generate([answer_prompt(p.question) for p in problems], sampling, desc=f"{desc} solve")]
     traces: list[list[dict]] = [[{"solution": a}] for a in answers]
     open_ids = list(range(len(problems)))

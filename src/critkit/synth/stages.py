@@ -31,32 +31,14 @@ from typing import Iterable
 
 from ..engine.backends import Sampling
 from ..grading.answers import extract_answer, grade
-from ..training.methods import answer_prompt
-from ..prompts import load_prompt, render
+from ..grading.verdicts import parse_verdict
+from ..prompts import answer_prompt, load_prompt, render
 from ..data.records import Record
 
 __all__ = ["respond", "critique", "refine", "solve", "parse_verdict", "verify", "REFERENCE", "StageReport", "STAGES",
            "STAGE_FIELDS"]
 
 REFERENCE = "reference"
-
-_CONCLUSION = re.compile(r"conclusion\s*[:：]?\s*[*_`\s]*(right|wrong|correct|incorrect)\b", re.I)
-
-
-def parse_verdict(text: str | None) -> str | None:
-    """'right' / 'wrong' from the last 'Conclusion: ...' line, or None when there is none.
-
-    Accepts the CFT form ('Conclusion: right [END]'), the CGD form and self-critique's
-    'Critique Conclusion: Correct/Incorrect'. Never guesses from the rest of the text.
-    """
-    if not text:
-        return None
-    found = _CONCLUSION.findall(text)
-    if not found:
-        return None
-    word = found[-1].lower()
-    return "right" if word in ("right", "correct") else "wrong"
-
 
 class StageReport(Counter):
     """done / skipped counts by reason for one stage; printed by the CLI."""

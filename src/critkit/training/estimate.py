@@ -172,7 +172,7 @@ def estimate(cfg, devices: int | None = None) -> Estimate:
 
     import torch
 
-    from .train import sft_defaults
+    from .train_config import sft_defaults
 
     sft = sft_defaults(cfg)
     devices = devices or int(os.environ.get("WORLD_SIZE", "1"))

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..prompts import load_prompt, render
+from ..prompts import answer_prompt, load_prompt, render
 from ..data.records import Record
 
 __all__ = ["METHODS", "Pair", "Skip", "build_pairs", "answer_prompt"]
@@ -28,11 +28,6 @@ class Pair:
 @dataclass(frozen=True)
 class Skip:
     reason: str
-
-
-def answer_prompt(question: str) -> Messages:
-    """What every method is evaluated with: the Qwen2.5-Math cot prompt, question only."""
-    return [{"role": "system", "content": load_prompt("cot_system")}, {"role": "user", "content": question}]
 
 
 def _need(rec: Record, *fields: str) -> Skip | None:
