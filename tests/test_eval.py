@@ -119,6 +119,6 @@ def test_vllm_backend_explains_a_missing_install_and_translates_sampling(tmp_pat
             make_backend("embedded", "vllm")
         code = main(["eval", "--model", "embedded", "--backend", "vllm", "--benchmarks", "gsm8k", "-o", str(tmp_path)])
         assert code == 2 and "critkit: error: backend 'vllm' needs vLLM" in capsys.readouterr().err
-    assert vllm_sampling(Sampling(max_new_tokens=7, n=4, temperature=0.6, top_p=0.9, seed=3, stop=("</s>",))) == {
-        "n": 4, "temperature": 0.6, "top_p": 0.9, "max_tokens": 7, "stop": ["</s>"], "seed": 3}
+    assert vllm_sampling(Sampling(max_new_tokens=7, n=4, temperature=0.6, top_p=0.9, seed=3, stop=("</s>",)), {9, 2}) == {
+        "n": 4, "temperature": 0.6, "top_p": 0.9, "max_tokens": 7, "stop": ["</s>"], "seed": 3, "stop_token_ids": [2, 9]}
     assert vllm_sampling(Sampling(top_p=0.5))["top_p"] == 1.0  # greedy ignores top_p

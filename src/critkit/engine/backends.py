@@ -152,6 +152,7 @@ class TransformersBackend:
 
     def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True,
                  stop_at_answer: bool = False):
+        from .end_tokens import end_token_ids
         from .generation import prepack_cpu_linears
         from .models import load_model, load_tokenizer
         from .slot_cache import register
@@ -163,6 +164,9 @@ class TransformersBackend:
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_model(model, dtype=dtype, attn_implementation=register())
         prepack_cpu_linears(self.model)
+        # Found once here rather than in every decode call (rendering a template takes 10-200 ms).
+        self.end_ids = end_token_ids(self.tokenizer, self.model.generation_config.eos_token_id,
+                                     self.model.config.get_text_config().eos_token_id)
         self.batch_size = batch_size
         self.progress = progress
         self.generated_tokens = 0
@@ -184,8 +188,14 @@ class TransformersBackend:
             i = order[j]
             tokens = sum(len(o) for o in outs)
             self.generated_tokens += tokens
-            texts = [_cut_at_stop(t, sampling.stop).strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
-            on_result(i, Reply(texts=texts, usage={"prompt_tokens": len(prompts[i]), "completion_tokens": tokens}))
+            full = self.tokenizer.batch_decode(outs, skip_special_tokens=True)
+            cut = [_cut_at_stop(t, sampling.stop) for t in full]
+            # OpenAI's meaning: "length" when the token limit ended it, "stop" for an end token or a
+            # stop string (decode keeps neither an end token nor anything after a stop string's end).
+            reasons = ["length" if len(o) >= sampling.max_new_tokens and c == t else "stop"
+                       for o, c, t in zip(outs, cut, full)]
+            on_result(i, Reply(texts=[c.strip() for c in cut], finish_reasons=reasons,
+                               usage={"prompt_tokens": len(prompts[i]), "completion_tokens": tokens}))
             bar.update()
 
         def failed(j: int, exc: Exception) -> None:
@@ -195,7 +205,8 @@ class TransformersBackend:
         try:
             decode(self.model, self.tokenizer, [prompts[i] for i in order], sampling.max_new_tokens, rows=self.batch_size,
                    samples=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                   stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer, on_done=done, on_error=failed)
+                   stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer, on_done=done, on_error=failed,
+                   end_ids=self.end_ids)
         finally:
             bar.close()
 
@@ -252,6 +263,7 @@ class VLLMBackend:
         except ImportError as exc:
             raise BackendError("backend 'vllm' needs vLLM and a CUDA GPU: pip install 'critkit[vllm]' "
                                "(or serve the model with `vllm serve` and use the openai backend)") from exc
+        from .end_tokens import configured_eos_ids, end_token_ids
         from .models import load_tokenizer, resolve_model
 
         self.name = model
@@ -274,6 +286,9 @@ class VLLMBackend:
             path = Path(resolve_model(config["base_model_name_or_path"]))
         self._vllm = vllm
         self.llm = vllm.LLM(model=str(path), **options)
+        # vLLM stops on the EOS fields only; a Qwen2.5 base model's say <|endoftext|> while the chat
+        # template closes turns with <|im_end|> (see end_tokens.py), so the turn's end is added.
+        self.end_ids = end_token_ids(self.tokenizer, *configured_eos_ids(str(path)))
         self.generated_tokens = 0
 
     def render(self, conversation: Messages) -> str:
@@ -282,7 +297,7 @@ class VLLMBackend:
     def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
                       desc: str = "generate") -> list[Reply]:
         prompts = [{"prompt_token_ids": chat_ids(self.tokenizer, c)} for c in conversations]
-        params = self._vllm.SamplingParams(**vllm_sampling(sampling))
+        params = self._vllm.SamplingParams(**vllm_sampling(sampling, self.end_ids))
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=self.progress, lora_request=self._lora)
         except Exception as exc:  # noqa: BLE001 - one engine call for all prompts: each gets the error
@@ -319,10 +334,15 @@ class VLLMBackend:
             torch.cuda.empty_cache()
 
 
-def vllm_sampling(sampling: Sampling) -> dict:
-    """vLLM's SamplingParams for critkit's Sampling (greedy when temperature is 0)."""
+def vllm_sampling(sampling: Sampling, end_ids=()) -> dict:
+    """vLLM's SamplingParams for critkit's Sampling (greedy when temperature is 0).
+
+    `end_ids` (end_tokens.end_token_ids) become `stop_token_ids`: vLLM ends a sequence there and,
+    like critkit's decoder, leaves the token out of the text.
+    """
     return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
-            "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop), "seed": sampling.seed}
+            "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop), "seed": sampling.seed,
+            "stop_token_ids": sorted(end_ids)}
 
 
 class OpenAIBackend:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections import deque
 from functools import lru_cache, partial
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
 from ..grading.answers import extract_boxed
+from .end_tokens import end_token_ids
 from .slot_cache import SLOTS, SlotCache, register
 
 __all__ = ["decode", "prepack_cpu_linears"]
@@ -83,8 +84,13 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
 def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows: int = 32, samples: int = 1,
            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop: tuple[str, ...] = (),
            stop_at_answer: bool = False, prefill_tokens: int = 2048, on_done: Callable[[int, list[list[int]]], None] | None = None,
-           on_error: Callable[[int, Exception], None] | None = None) -> list[list[list[int]]]:
+           on_error: Callable[[int, Exception], None] | None = None,
+           end_ids: Collection[int] | None = None) -> list[list[list[int]]]:
     """For each prompt (token ids), `samples` generated token-id lists, without the prompt.
+
+    A sequence ends at one of `end_ids`, which is not kept in its output. By default they are
+    `end_token_ids` of the tokenizer and the model's EOS fields: the chat template's end of turn
+    counts whatever the EOS fields say (see end_tokens.py for the Qwen2.5 base models this is for).
 
     Prompts start in the given order (put the longest first), prefilled together up to
     `prefill_tokens` tokens per pass. `on_done(i, outputs)` is called as soon as all samples of
@@ -100,9 +106,10 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
     if model.config._attn_implementation != SLOTS:
         model.set_attn_implementation(register())
     device = model.device
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    configured = [configured] if isinstance(configured, int) else list(configured or [])
-    eos = {tokenizer.eos_token_id, *configured} - {None}
+    if end_ids is None:
+        end_ids = end_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None),
+                                getattr(model.config.get_text_config(), "eos_token_id", None))
+    end_ids = frozenset(end_ids)
     braces = _closing_brace_ids(tokenizer) if stop_at_answer else frozenset()
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
 
@@ -175,9 +182,9 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
         ended = []
         for row, t in enumerate(tokens.tolist()):
             i, s = owner[row]
-            if t not in eos:
+            if t not in end_ids:
                 out[i][s].append(t)
-            if t in eos or len(out[i][s]) >= max_new_tokens or _ends(tokenizer, out[i][s], t, stop, braces):
+            if t in end_ids or len(out[i][s]) >= max_new_tokens or _ends(tokenizer, out[i][s], t, stop, braces):
                 ended.append(row)
         # Highest row first: the row moved into a freed one is then always one still running.
         order = list(range(len(owner)))

@@ -18,7 +18,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .backends import Sampling
+from .backends import BackendError, Sampling
 
 __all__ = ["serve", "make_server", "run_server"]
 
@@ -117,14 +117,24 @@ def _prompt_text(backend, messages) -> str:
 
 def complete(backend, messages, sampling: Sampling) -> dict:
     """Generate and build the chat.completion reply. The caller holds the generation lock."""
-    texts = backend.generate([messages], sampling, desc="serve")[0]
+    reasons: list[str] = []
+    if hasattr(backend, "generate_each"):  # critkit's backends say why each answer ended
+        reply = backend.generate_each([messages], sampling, desc="serve")[0]
+        if not reply.ok:
+            raise BackendError(reply.error)
+        texts, reasons = reply.texts, reply.finish_reasons
+    else:
+        texts = backend.generate([messages], sampling, desc="serve")[0]
     counts = [_count_tokens(backend, t) for t in texts]
+    if len(reasons) != len(texts):
+        reasons = [""] * len(texts)
+    # Where a backend returns only text, "length" is judged by re-tokenizing it: close, not exact.
+    reasons = [reason or ("length" if count >= sampling.max_new_tokens else "stop")
+               for reason, count in zip(reasons, counts)]
     prompt_tokens = _count_tokens(backend, _prompt_text(backend, messages))
     choices = [
-        # Backends return only text, so "length" is judged by re-tokenizing it: close, not exact.
-        {"index": i, "message": {"role": "assistant", "content": text},
-         "finish_reason": "length" if count >= sampling.max_new_tokens else "stop"}
-        for i, (text, count) in enumerate(zip(texts, counts))
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+        for i, (text, reason) in enumerate(zip(texts, reasons))
     ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
