@@ -55,10 +55,25 @@ EXTRACT = [
     ("", None),
     (None, None),
     ("no digits here", None),
-    # a box cut off before its closing brace is no answer, not a prefix of it ("12" of "125")
-    (r"we get 125 so \boxed{12", None),
-    (r"so the answer is \boxed{\frac{1}{", None),
+    # a last box cut off by the token limit gives what it holds to the end, as the Qwen2.5-Math
+    # harness reads it (line breaks and indentation removed); an empty cut box is no answer
+    (r"we get 125 so \boxed{12", "12"),
+    (r"so the answer is \boxed{\frac{1}{", r"\frac{1}{"),
+    ("\\boxed{3} first, then \\boxed{72\n   apples", "72apples"),
     (r"\boxed{3} first, then the truncated \boxed{", None),
+    ("cut: \\boxed{  \n", None),
+    ("4 + 2 = 6.\n\\boxed{6}\n\\boxed{6}\n\\boxed", None),  # cut before its brace: the harness reads ""
+    # "final answer is" never returns punctuation or markdown: CGD appendix D's refined answers
+    ("The final answer is:\n\n$$5.605 \\times 10^{-3}$$", r"5.605 \times 10^{-3}"),
+    ("The final answer is: *True*", "True"),
+    ("The answer is **False**.", "False"),
+    ("**Final Answer:** `42`", "42"),
+    ("The final answer is: \\(\\frac{1}{2}\\).", r"\frac{1}{2}"),
+    ("The final answer is\n\\[\nx = 3\n\\]", "x = 3"),
+    ("The answer is: (c)", "(c)"),
+    # a statement that states nothing is no answer (the harness reads "" there), not a colon
+    ("We compute 2+2=4. The final answer is:", None),
+    ("The answer is: **", None),
 ]
 
 
@@ -79,6 +94,32 @@ def test_extract_answer(text, expected):
 )
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
+
+
+# Shapes in which models state an answer after "the answer is": whatever follows, the extracted
+# answer is never punctuation or markdown alone.
+STATEMENTS = ["The answer is", "The final answer is", "Final answer", "**Final Answer**:", "The answer is:"]
+LEADS = ["", ":", " :", "\n\n", ":\n\n", " ="]
+WRAPPERS = [("", ""), (" **", "**"), (" *", "*"), (" `", "`"), (" $$", "$$"), (" $", "$"), (" \\(", " \\)"), ("\n\\[", "\\]")]
+TAILS = ["", ".", " .", "\n\nCheck: 17 = 17."]
+
+
+@pytest.mark.parametrize("statement", STATEMENTS)
+def test_answer_statements_never_yield_punctuation(statement):
+    for lead in LEADS:
+        for opening, closing in WRAPPERS:
+            # cut off right after the statement: no answer, and never the decoration itself
+            got = extract_answer(f"Some work: 1+1 = 2.\n{statement}{lead}{opening}")
+            assert got is None or any(c.isalnum() for c in got), (lead, opening, got)
+            for tail in TAILS:
+                got = extract_answer(f"{statement}{lead}{opening} 17{closing}{tail}")
+                assert got == "17", (statement, lead, opening, tail, got)
+
+
+def test_a_cut_box_still_is_no_complete_box():
+    """Decoding stops after the first *complete* box (engine.generation): a cut box is not one."""
+    assert extract_boxed(r"so \boxed{12") is None
+    assert extract_answer(r"so \boxed{12") == "12"
 
 
 def test_empty_box_falls_back_to_the_answer_sentence():
@@ -152,7 +193,8 @@ def test_answers_match_missing_sides_are_false(pred, gold):
         ("The answer is 2.75.", "2", False),
         (r"\boxed{5}", "6", False),
         ("I am not sure.", "6", False),
-        (r"cut off: \boxed{12", "12", False),
+        (r"cut off: \boxed{12", "12", True),  # the harness reads a cut box to the end
+        (r"cut off: \boxed{12", "125", False),
         ("", "1", False),
         (None, "1", False),
     ],

@@ -1,6 +1,8 @@
 """Declarative benchmark specs: where a file's question and gold answer are.
 
-A spec names a file and how to read one row; no code per benchmark. The built-in specs point at
+A spec names a file, how to read one row and which grading rule compares an answer with the
+row's gold (critkit.grading.rules: `math` for most, TheoremQA's own checker for TheoremQA, sets
+for OlympiadBench's multi-answer rows); no code per benchmark. The built-in specs point at
 the files the Qwen2.5-Math harness and the CFT paper evaluate on (in ../shared/data/benchmarks in
 this workplace, or wherever CRITKIT_DATA_DIR points). A user's own file is described by a YAML
 file with the same fields.
@@ -9,11 +11,13 @@ file with the same fields.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..config import load_yaml
 from ..grading.answers import extract_boxed
+from ..grading.rules import GRADING_RULES
 from ..data.records import read_rows
 
 __all__ = ["BenchmarkSpec", "BENCHMARKS", "get_benchmark", "load_benchmark", "data_dir", "Problem"]
@@ -37,6 +41,10 @@ class BenchmarkSpec:
     choices_field: str | None = None  # multiple choice: one field holding the list of options
     choice_fields: tuple[str, ...] | None = None  # ... or one field per option (GPQA)
     shuffle_seed: int | None = 0  # multiple choice: option order shuffled per question with this seed
+    grading: str = "math"  # math | theoremqa | answer_set: how an answer is compared with the gold (critkit.grading.rules)
+    # A row field that, when true, makes the gold a set of answers graded in any order
+    # (OlympiadBench's is_multiple_answer: "69,84", "(1,1), (3,2)").
+    multiple_answer_field: str | None = None
     version: int = 1  # bump when the spec changes what is scored
 
 
@@ -46,6 +54,7 @@ class Problem:
     question: str  # for multiple choice: with the lettered options appended
     gold: str  # for multiple choice: the letter of the correct option
     choices: tuple[str, ...] | None = None
+    grading: str = "math"  # the grading rule for this problem's gold (critkit.grading.rules.GRADING_RULES)
 
 
 def data_dir() -> Path:
@@ -64,10 +73,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "gsm8k": BenchmarkSpec("gsm8k", f"{_B}/gsm8k/test.jsonl", "question", "answer", "after_hashes", "idx"),
     "math500": BenchmarkSpec("math500", f"{_B}/math500/test.jsonl", "problem", "answer", "value", "unique_id"),
     "minerva_math": BenchmarkSpec("minerva_math", f"{_B}/minerva_math/test.jsonl", "problem", "solution", "boxed", "idx"),
-    "olympiadbench": BenchmarkSpec("olympiadbench", f"{_B}/olympiadbench/test.jsonl", "question", "final_answer", "first_of_list", "id"),
+    # v2: golds lose their interior $ ("$69$,$84$" was read as "69$,$84"), multi-answer rows are sets.
+    "olympiadbench": BenchmarkSpec("olympiadbench", f"{_B}/olympiadbench/test.jsonl", "question", "final_answer", "first_of_list", "id",
+                                   multiple_answer_field="is_multiple_answer", version=2),
     "aime24": BenchmarkSpec("aime24", f"{_B}/aime24/test.jsonl", "problem", "answer", "value", "id"),
     "amc23": BenchmarkSpec("amc23", f"{_B}/amc23/test.jsonl", "question", "answer", "value", "id"),
-    "theoremqa": BenchmarkSpec("theoremqa", f"{_B}/theoremqa/test.jsonl", "problem", "answer", "value"),
+    # v2: graded by TheoremQA's own checker (rounded golds accept answers within 4%, bools, lists).
+    "theoremqa": BenchmarkSpec("theoremqa", f"{_B}/theoremqa/test.jsonl", "problem", "answer", "value", grading="theoremqa", version=2),
     # Multiple choice from files the user supplies (their licences forbid redistribution here).
     "gpqa_diamond": BenchmarkSpec("gpqa_diamond", f"{_B}/gpqa_diamond/test.jsonl", "Question", "Correct Answer",
                                   "first_choice", answer_type="multiple_choice",
@@ -114,10 +126,15 @@ def _gold(spec: BenchmarkSpec, row: dict) -> str | None:
         return extract_boxed(value)
     if spec.gold_rule == "first_of_list":
         value = value[0] if isinstance(value, list) and value else None
-        return str(value).strip("$ ") if value is not None else None
+        # Every unescaped $ goes, not only the outer ones: OlympiadBench writes "$69$,$84$".
+        return re.sub(r"(?<!\\)\$", "", str(value)).strip().rstrip(".").strip() if value is not None else None
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # AMC23 stores 27.0 for 27
     return str(value).strip()
+
+
+def _true(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "yes", "1")
 
 
 def _choice_problem(spec: BenchmarkSpec, row: dict, pid: str, question: str) -> Problem | str:
@@ -157,6 +174,8 @@ def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> tuple[list[
     rules = CHOICE_RULES if spec.answer_type == "multiple_choice" else GOLD_RULES
     if spec.gold_rule not in rules:
         raise ValueError(f"benchmark {spec.name}: gold_rule {spec.gold_rule!r} is not one of {rules}")
+    if spec.grading not in GRADING_RULES:
+        raise ValueError(f"benchmark {spec.name}: grading {spec.grading!r} is not one of {GRADING_RULES}")
     path = Path(spec.path)
     if not path.is_absolute():
         path = data_dir() / path
@@ -179,7 +198,8 @@ def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> tuple[list[
             if not gold:
                 bad.append(f"{path}:{number}: no gold answer in '{spec.gold_field}' ({spec.gold_rule})")
                 continue
-            problems.append(Problem(pid, question, gold))
+            multiple = spec.multiple_answer_field and _true(row.get(spec.multiple_answer_field))
+            problems.append(Problem(pid, question, gold, grading="answer_set" if multiple else spec.grading))
         if limit is not None and len(problems) >= limit:
             break
     return problems, bad

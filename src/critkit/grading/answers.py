@@ -1,8 +1,10 @@
 """Answer extraction and grading.
 
-`extract_answer` pulls the final answer out of a model's text; `grade` decides whether a response
-matches a gold answer with math-verify. Both are total: they return None / False on anything they
-cannot handle and never raise, because a grader that crashes on one odd output loses a whole run.
+`extract_answer` pulls the final answer out of a model's text, as the Qwen2.5-Math harness reads
+it; `grade` decides whether a response matches a gold answer with math-verify (rules.py holds the
+benchmark-specific rules: TheoremQA's checker, answer sets). Both are total: they return None /
+False on anything they cannot handle and never raise, because a grader that crashes on one odd
+output loses a whole run.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ GRADE_TIMEOUT_SECONDS = 5
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*")
 
 
-def _truncated_box(text: str) -> bool:
-    """The last box opens a brace that never closes: the output was cut off mid-answer."""
+def _cut_box(text: str) -> str | None:
+    """What follows the last box's opening brace when that brace never closes (the output was cut
+    off mid-answer), with line breaks and indentation removed; "" when the text ends with the
+    command itself; None when the last box is complete."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
-        return False
+        return None
     i = _BOX_OPEN.match(text, start).end()
-    return i < len(text) and text[i] == "{" and extract_boxed(text) is None
+    if i >= len(text):
+        return ""  # "...\boxed{6}\n\boxed": the last box is cut before its brace, so it is empty
+    if text[i] != "{" or extract_boxed(text) is not None:
+        return None
+    return re.sub(r"\n\s*", "", text[i + 1 :]).strip()
 
 
 def extract_boxed(text: str) -> str | None:
@@ -54,32 +62,60 @@ def extract_boxed(text: str) -> str | None:
     return None  # unbalanced: truncated output
 
 
-# The sentence ends at a full stop followed by a space or the line's end, so "3.5." stays 3.5.
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.(?=\s|$)|$)", re.I | re.M)
+# "The answer is X", "Final answer: X", "The final answer is:\n\n$$X$$". The statement is read by
+# _statement, not by this pattern: a regex that also skipped the colon and line breaks used to
+# return the colon itself.
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\b|:)", re.I)
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+# Markdown around an answer (**5**, *True*, `x`) and what introduces it (": ", "= ").
+_DECORATION = " \t\n:=*_`#>"
+
+
+def _statement(rest: str) -> str | None:
+    """The answer stated at the start of `rest` (the text after "the answer is"), or None when
+    it holds no letter or digit: punctuation and markdown are never an answer."""
+    rest = rest.lstrip(_DECORATION)
+    for opening, closing in _MATH_DELIMITERS:
+        if rest.startswith(opening):
+            end = rest.find(closing, len(opening))
+            if end > len(opening):
+                rest = rest[len(opening) : end]
+            else:
+                rest = rest[len(opening) :].split("\n", 1)[0]  # unclosed: the line
+            break
+    else:
+        rest = rest.split("\n", 1)[0]
+        # The sentence ends at a full stop followed by a space or the line's end: "3.5." is 3.5.
+        rest = re.split(r"\.(?=\s|$)", rest, maxsplit=1)[0]
+    answer = rest.strip(_DECORATION + ".,;!").strip("$").strip()
+    return answer if re.search(r"\w", answer) else None
 
 
 def extract_answer(text: str | None) -> str | None:
     """The final answer in a model's text, or None.
 
-    Order: the last ``\\boxed{}`` (None when it is cut off before its closing brace); then
-    "The answer is X" / "Final answer: X"; then GSM8K's ``#### X``; then the last number in the
-    text (the fallback the Qwen2.5-Math harness uses).
+    Order, as the Qwen2.5-Math harness reads an output: the last ``\\boxed{}``; a last box cut
+    off by the token limit before its closing brace gives what it holds up to the end (the
+    harness's reading: a correct "\\boxed{72" counts); then "The answer is X" / "Final answer: X"
+    (the last such statement; when it states nothing, no answer); then GSM8K's ``#### X``; then
+    the last number in the text.
     """
     if not text or not isinstance(text, str):
         return None
     boxed = extract_boxed(text)
     if boxed:
         return boxed
-    if _truncated_box(text):
-        # Falling back to the last number would read a prefix of the cut-off box ("\boxed{12" of
-        # "\boxed{125}") as the answer; a truncated answer is no answer.
-        return None
-    for pattern in (_ANSWER_IS, _HASHES):
-        found = pattern.findall(text)
-        if found:
-            return found[-1].strip().rstrip(".")
+    cut = _cut_box(text)
+    if cut is not None:
+        return cut or None
+    statements = list(_ANSWER_IS.finditer(text))
+    if statements:
+        return _statement(text[statements[-1].end() :])
+    found = _HASHES.findall(text)
+    if found:
+        return found[-1].strip().rstrip(".")
     numbers = _NUMBER.findall(text)
     if numbers:
         return numbers[-1].replace(",", "").rstrip(".")
