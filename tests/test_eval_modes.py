@@ -141,12 +141,39 @@ def test_self_critique_two_stage_retries_until_judged_correct(tmp_path):
     assert s1["correct"] == 0
 
 
-def test_self_critique_single_pass_uses_its_prompt(tmp_path):
+def test_self_critique_single_pass_uses_the_papers_prompt(tmp_path):
     data = tmp_path / "q.jsonl"
     data.write_text(json.dumps({"id": "a", "question": "What is 2+2?", "gold": "4"}) + "\n")
     backend = ScriptedBackend(lambda conv, k: "4? no, \\boxed{4}")
     s = evaluate_benchmark(backend, str(data), tmp_path / "out", Sampling(), mode="self-critique")
-    assert s["correct"] == 1 and "critique your own solution" in backend.prompts[0][-1]["content"]
+    # CFT A.4.1, word for word, where direct inference has the cot instruction; the question alone.
+    a41 = ("Please reason step by step to solve this problem and then critique your solution. If any errors are "
+           "found, provide a corrected solution. Please put your final answer within \\boxed{}.")
+    assert s["correct"] == 1 and backend.prompts == [[{"role": "system", "content": a41},
+                                                      {"role": "user", "content": "What is 2+2?"}]]
+
+
+def test_self_critique_two_stage_reads_past_a_reasoning_models_thinking(tmp_path):
+    """The check sees the solution without its thinking, and its verdict is read after its own thinking."""
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "a", "question": "What is 2+2?", "gold": "4"}) + "\n")
+    state = {"solves": 0}
+
+    def answer(conv, k):
+        text = conv[-1]["content"]
+        if text.startswith("Please critique"):
+            # Thinking that mentions the other verdict first; the conclusion after it decides.
+            assert "<think>" not in text and "scratch" not in text
+            verdict = "Correct" if "\\boxed{4}" in text else "Incorrect"
+            other = "Incorrect" if verdict == "Correct" else "Correct"
+            return f"<think>Critique Conclusion: {other}?</think>\nCritique Conclusion: {verdict}"
+        state["solves"] += 1
+        return f"<think>scratch work</think>\n\\boxed{{{4 if state['solves'] >= 2 else 5}}}"
+
+    s = evaluate_benchmark(ScriptedBackend(answer), str(data), tmp_path / "out", Sampling(), mode="self-critique-2stage",
+                           rounds=8)
+    row = json.loads((tmp_path / "out" / "q" / "samples.jsonl").read_text())
+    assert [t["verdict"] for t in row["trace"]] == ["wrong", "right"] and s["mean_attempts"] == 2
 
 
 def test_format_drift_and_empty_outputs_are_counted(tmp_path):

@@ -4,12 +4,14 @@ resume, torn lines, the request cache, refusals, shards and merge, accounting, v
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from critkit.engine.backends import OpenAIBackend, Sampling
 from critkit.cli import main
-from critkit.synth.jobs import Journal, JobError, merge_shards, run_stage, shard_of
+from critkit.grading.thinking import UNCLOSED_THINKING
+from critkit.synth.jobs import Journal, JobError, format_summary, merge_shards, run_stage, shard_of
 from critkit.training.methods import build_pairs
 from critkit.data.records import read_records
 from synth_servers import ScriptedServer
@@ -274,3 +276,102 @@ def test_embedded_model_as_teacher_over_http_and_locally(tmp_path, embedded_back
     assert local["counts"]["done"] == 3 and local["usage"][0]["completion_tokens"] > 0
     for rec in read_records(tmp_path / "local.jsonl"):
         assert rec.critique and rec.verdict in ("right", "wrong", "unparsed") and rec.meta["verify"]["graded"]
+
+
+# --------------------------------------------------------------- a reasoning teacher, cut short
+
+
+CUT_REPLY = "<think>Let me check every step of this solution one by one, starting with"
+THOUGHT_REPLY = "<think>Checking it. Conclusion: wrong? No.</think>\n\nThe steps hold.\nConclusion: right [END]"
+
+
+class ReasoningTeacher:
+    """Thinks in <think> tags before it writes. The first reply to a question with CUT in it stops
+    inside the thinking, as a reply cut at max_tokens does; asked again, it finishes."""
+
+    name = "reasoner"
+
+    def __init__(self):
+        self.asked: Counter = Counter()
+        self.conversations: list = []
+
+    def generate(self, conversations, sampling, desc=""):
+        out = []
+        for conv in conversations:
+            user = conv[-1]["content"]
+            self.asked[user] += 1
+            self.conversations.append(conv)
+            text = CUT_REPLY if "CUT" in user and self.asked[user] == 1 else THOUGHT_REPLY
+            out.append([text] * sampling.n)
+        return out
+
+
+@pytest.fixture
+def reasoner():
+    from critkit.engine.serve import serve
+
+    teacher = ReasoningTeacher()
+    server, thread = serve(teacher)
+    yield teacher, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_a_reply_cut_inside_its_thinking_fails_and_retry_failed_redoes_it(tmp_path, reasoner):
+    teacher, url = reasoner
+    rows = make_rows(3) + [{"id": "cut", "question": "CUT: what is 1 + 1?", "response": "2"},
+                           {"id": "cut-copy", "question": "CUT: what is 1 + 1?", "response": "2"}]
+    inp, out = write(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    remote = OpenAIBackend("reasoner", base_url=url, concurrency=2, timeout=30, progress=False)
+    sampling = Sampling(max_new_tokens=12)
+    summary = run_stage("critique", inp, out, remote, sampling, progress=False)
+
+    assert summary["counts"]["done"] == 3 and summary["counts"]["failed"] == 2
+    assert summary["failures"]["unclosed thinking"]["count"] == 2  # the copy shares the leader's reply
+    assert summary["this_run"]["failed"] == 2 and summary["verdicts"] == {"right": 3}
+    by_id = {r["id"]: r for r in lines(out)}
+    for rid in ("cut", "cut-copy"):
+        row = by_id[rid]
+        job = row["meta"]["jobs"]["critique"]
+        assert job["status"] == "failed" and job["error"].startswith(UNCLOSED_THINKING)
+        assert row["critique"] is None and row["verdict"] is None
+        assert row["meta"]["critique"]["output"].startswith("<think>Let me check")  # the raw reply is kept
+    # ... and billed (critkit's server counts whitespace words for a backend without a tokenizer).
+    assert by_id["cut"]["meta"]["jobs"]["critique"]["usage"]["completion_tokens"] == len(CUT_REPLY.split())
+    assert summary["usage"][0]["completion_tokens"] == 3 * len(THOUGHT_REPLY.split()) + len(CUT_REPLY.split())
+    # The verdict is the one after the thinking, and the critique is only that text.
+    assert by_id["q0"]["critique"] == "The steps hold.\nConclusion: right [END]"
+    assert by_id["q0"]["meta"]["critique"]["output"].startswith("<think>")
+    text = format_summary(summary)
+    assert "failed, unclosed thinking: 2" in text and "--retry-failed" in text
+
+    # A plain rerun leaves failed items alone; --retry-failed asks again, once for the two copies.
+    run_stage("critique", inp, out, remote, sampling, progress=False)
+    assert teacher.asked["\nQuestion: CUT: what is 1 + 1?\n\nSolution: 2\n"] == 1
+    summary = run_stage("critique", inp, out, remote, sampling, retry_failed=True, progress=False)
+    assert teacher.asked["\nQuestion: CUT: what is 1 + 1?\n\nSolution: 2\n"] == 2
+    assert summary["counts"]["done"] == 5 and summary["counts"]["failed"] == 0
+    assert {r["id"]: r["verdict"] for r in lines(out)} == {r["id"]: "right" for r in rows}
+
+
+def test_respond_asks_the_plain_question_and_fails_a_sample_cut_in_its_thinking(tmp_path, reasoner):
+    teacher, url = reasoner
+    inp, out = write(tmp_path / "in.jsonl", [{"id": "p", "question": "Say 1."}, {"id": "c", "question": "CUT here."}]), \
+        tmp_path / "out.jsonl"
+    remote = OpenAIBackend("reasoner", base_url=url, concurrency=1, timeout=30, progress=False)
+    summary = run_stage("respond", inp, out, remote, Sampling(max_new_tokens=12, n=2), progress=False)
+    assert [c for c in teacher.conversations] == [[{"role": "user", "content": "Say 1."}],
+                                                 [{"role": "user", "content": "CUT here."}]]
+    got = lines(out)
+    assert [r["id"] for r in got] == ["p#0", "p#1", "c"]
+    assert got[0]["response"] == "The steps hold.\nConclusion: right [END]" and got[0]["meta"]["respond"]["prompt"] == "plain"
+    job = got[2]["meta"]["jobs"]["respond"]
+    assert job["status"] == "failed" and "(samples 0, 1 of 2)" in job["error"]
+    assert got[2]["response"] is None and len(got[2]["meta"]["respond"]["output"]) == 2
+    assert summary["counts"] == {"done": 2, "failed": 1, "skipped": 0, "kept": 0}
+    # The cot prompt is another request: another key, so it cannot resume this file.
+    with pytest.raises(JobError, match="other settings"):
+        run_stage("respond", inp, out, remote, Sampling(max_new_tokens=12, n=2), prompt="cot", progress=False)
+    with pytest.raises(JobError, match="unknown respond prompt"):
+        run_stage("respond", inp, tmp_path / "o2.jsonl", remote, Sampling(), prompt="qwen", progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,14 @@ CGD_REFINE_SYSTEM = (
     "improved, comprehensive answer that corrects inaccuracies and fills missing steps. Ensure the final answer is "
     "clear, accurate, and complete."
 )
+CFT_SOLVE_SYSTEM = (
+    "You are a science expert. You need to answer a given question clearly and conclude your answer with "
+    "'Answer: [YOUR ANSWER]'"
+)
+SELF_CRITIQUE_SINGLE_SYSTEM = (
+    "Please reason step by step to solve this problem and then critique your solution. If any errors are found, "
+    "provide a corrected solution. Please put your final answer within \\boxed{}."
+)
 
 Q = "What is $3 + 4$?"
 R = "3 + 4 = 8, so the answer is 8."
@@ -47,10 +56,13 @@ RENDERED = [
      f"Question: {Q}\n\nStudent's Initial Answer: {R}\n\nCritique: {C}"),
     ("cgd_no_critique_user", {"question": Q, "response": R}, f"Question: {Q}\n\nStudent's Initial Answer: {R}"),
     ("base_answer", {"question": Q}, f"Question: {Q}\n\nAnswer:"),
-    # critkit's own wording of CFT appendix A.4's self-critique steps (the paper gives no text).
-    ("self_critique_single_user", {"question": Q},
-     f"{Q}\n\nSolve the problem step by step. Then critique your own solution: check every step and the final "
-     "answer. If you find a mistake, write a corrected solution. Put your final answer within \\boxed{}."),
+    # CFT A.2: how the SFT-GPT4o baseline's solutions were generated (the teacher's `solve`).
+    ("cft_solve_system", {}, CFT_SOLVE_SYSTEM),
+    ("cft_solve_user", {"question": Q}, f"\nQuestion: {Q}\n"),
+    # CFT A.4.1, single-pass self-critique: the paper's instruction, word for word.
+    ("self_critique_single_system", {}, SELF_CRITIQUE_SINGLE_SYSTEM),
+    # CFT A.4.1, two-stage, the critique step: the paper's request and layout, then one line of
+    # critkit's own asking for the paper's "Critique Conclusion: Correct/Incorrect" format.
     ("self_critique_check_user", {"question": Q, "response": R},
      f"Please critique whether the following solution to the question is correct.\n\nQuestion:\n{Q}\n\nSolution:\n{R}"
      "\n\nCheck each step. End with exactly one line: 'Critique Conclusion: Correct' or 'Critique Conclusion: Incorrect'."),
@@ -64,6 +76,21 @@ def test_rendered_prompt_texts_are_the_papers(name, values, expected):
 
 def test_every_packaged_prompt_is_pinned():
     assert {r[0] for r in RENDERED} == set(PROMPT_NAMES)
+
+
+PAPERS = Path(__file__).resolve().parents[2] / "shared" / "papers"
+
+
+def test_cft_appendix_prompts_are_the_papers_words():
+    """A.2 (SFT-GPT4o solutions) and A.4.1 (self-critique) as printed in the CFT paper. The text
+    extraction shows the paper's \\boxed{} as "\\square " and drops line breaks."""
+    paper = " ".join((PAPERS / "cft-critique-fine-tuning-v1.txt").read_text(encoding="utf-8").split())
+    assert load_prompt("cft_solve_system") + " Question:" in paper
+    assert load_prompt("self_critique_single_system").replace("\\boxed{}.", "\\square .") in paper
+    check = load_prompt("self_critique_check_user")
+    assert check.split("\n")[0] + " Question:" in paper  # the request; the last line is critkit's own
+    # Negative control: the wording critkit used before is not in the paper.
+    assert "Then critique your own solution: check every step" not in paper
 
 
 def test_render_needs_its_placeholders_and_knows_its_prompts():

@@ -1,4 +1,7 @@
-"""Synthesis stages with the offline reference teacher and with a scripted LLM teacher."""
+"""Synthesis stages with the offline reference teacher and with a scripted LLM teacher.
+
+The verdict parser and the thinking sections are pinned in test_verdicts.py; here, how the stages
+use them: thinking removed before reuse, a reply cut inside its thinking never used."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from critkit.engine.backends import Sampling
 from critkit.prompts import load_prompt
 from critkit.data.records import Record
 from critkit.data.sources import load_source
-from critkit.synth.stages import REFERENCE, critique, parse_verdict, refine, respond, solve
+from critkit.grading.thinking import UNCLOSED_THINKING
+from critkit.synth.stages import REFERENCE, UNCLOSED_NOTE, critique, parse_verdict, refine, respond, solve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TRAIN = DATA / "train" / "gsm8k_train.jsonl"
@@ -21,39 +25,9 @@ CFT_SYSTEM = load_prompt("cft_critique_system")
 CGD_SYSTEM = load_prompt("cgd_critique_system")
 CGD_REFINE_SYSTEM = load_prompt("cgd_refine_system")
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-# ------------------------------------------------------------------------------ parse_verdict
-
-VERDICTS = [
-    ("The steps are fine.\nConclusion: right [END]", "right"),
-    ("The sum is off.\nConclusion: wrong [END]", "wrong"),
-    ("Detailed critique...\nConclusion: right", "right"),
-    ("Detailed critique...\nConclusion: wrong", "wrong"),
-    ("**Conclusion:** wrong", "wrong"),
-    ("**Conclusion: right**", "right"),
-    ("Conclusion: `wrong`", "wrong"),
-    ("conclusion:right", "right"),
-    ("CONCLUSION: WRONG [END]", "wrong"),
-    ("Critique Conclusion: Correct", "right"),
-    ("Critique Conclusion: Incorrect", "wrong"),
-    ("Conclusion：wrong", "wrong"),  # full-width colon
-    ("Conclusion: wrong\nOn second thought...\nConclusion: right [END]", "right"),
-    ("Conclusion: right [END]\nWait, step 2 fails.\n**Conclusion:** wrong", "wrong"),
-    # no conclusion: None, never guessed from the words in the critique
-    ("The solution is wrong.", None),
-    ("The solution is correct and complete.", None),
-    ("In conclusion, it is right.", None),
-    ("Conclusion: the student made an error", None),
-    ("Conclusion: correctness cannot be judged", None),
-    ("", None),
-    (None, None),
-]
-
-
-@pytest.mark.parametrize(("text", "verdict"), VERDICTS)
-def test_parse_verdict(text, verdict):
-    assert parse_verdict(text) == verdict
+# CFT A.2, the prompt behind the SFT-GPT4o baseline's solutions.
+A2_SYSTEM = ("You are a science expert. You need to answer a given question clearly and conclude your answer with "
+             "'Answer: [YOUR ANSWER]'")
 
 
 # ------------------------------------------------------------------------ reference teacher
@@ -264,14 +238,14 @@ def test_llm_teacher_refine_uses_the_cgd_refine_prompt_and_strips_thinking():
     assert out.meta["refine"]["output"].startswith("<think>")  # the raw output is kept
 
 
-def test_llm_teacher_solve_uses_the_answer_prompt():
-    teacher = ScriptedTeacher({"2+2": "2 + 2 = 4, so \\boxed{4}."})
+def test_llm_teacher_solve_uses_the_cft_a2_prompt():
+    teacher = ScriptedTeacher({"2+2": "2 + 2 = 4.\nAnswer: 4"})
     rec = Record(id="a", question="What is 2+2?")  # no reference needed for a real teacher
     (out,), report = solve([rec], teacher, Sampling())
-    assert out.teacher_solution == "2 + 2 = 4, so \\boxed{4}."
+    assert out.teacher_solution == "2 + 2 = 4.\nAnswer: 4"
     (convs, _, desc), = teacher.calls
     assert desc == "solve"
-    assert convs[0] == [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": "What is 2+2?"}]
+    assert convs[0] == [{"role": "system", "content": A2_SYSTEM}, {"role": "user", "content": "\nQuestion: What is 2+2?\n"}]
     assert out.meta["solve"]["teacher"] == "ScriptedTeacher:scripted-1"
 
 
@@ -290,7 +264,72 @@ def test_respond_samples_n_answers_per_question():
     assert [(r.id, r.response) for r in out] == [("a#0", "\\boxed{4}"), ("a#1", "\\boxed{4}"), ("b", "kept")]
     assert out[0].meta["respond"]["model"] == "student" and out[1].meta["respond"]["sample"] == 1
     assert report["done"] == 2 and report["kept (had a response)"] == 1
+    (convs, _, _) = student.calls[-1]
+    assert convs == [[{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": "What is 2+2?"}]]
     out, _ = respond(records[:1], student, Sampling(), prompt="base")
     assert out[0].id == "a"
     (convs, _, _) = student.calls[-1]
     assert convs == [[{"role": "user", "content": "Question: What is 2+2?\n\nAnswer:"}]]
+    with pytest.raises(ValueError, match="unknown respond prompt 'qwen'"):
+        respond(records, student, Sampling(), prompt="qwen")
+
+
+def test_respond_asks_the_plain_question_by_default():
+    """CGD stage 1 as the CGD code does it: the question is the only message, no system prompt."""
+    student = ScriptedTeacher({"2+2": "4"}, name="student")
+    (out,), _ = respond([Record(id="a", question="What is 2+2?")], student, Sampling())
+    (convs, _, _) = student.calls[-1]
+    assert convs == [[{"role": "user", "content": "What is 2+2?"}]]
+    assert out.meta["respond"]["prompt"] == "plain"
+
+
+# ------------------------------------------------------------ reasoning teachers and students
+
+R1_CRITIQUE = "<think>Is 3*3 = 6? Conclusion: right, surely... no, 3*3 = 9.</think>\n\n3*3 is 9, not 6.\nConclusion: wrong [END]"
+S1_CRITIQUE = "think\nThe student says 4. Conclusion: wrong? No, 2+2 = 4.\nanswer\nAll steps hold.\nConclusion: right [END]"
+CUT = "<think>Let me check 5-1. Conclusion: right, probably, but first"  # stopped at the token limit
+
+
+def test_critique_drops_thinking_reads_the_verdict_after_it_and_keeps_the_raw_reply():
+    teacher = ScriptedTeacher({"2+2": S1_CRITIQUE, "3*3": R1_CRITIQUE, "5-1": CUT})
+    out, report = critique(_records(), teacher, Sampling(), style="cgd")
+    a, b, c, d = out
+    assert (a.critique, a.verdict) == ("All steps hold.\nConclusion: right [END]", "right")
+    assert (b.critique, b.verdict) == ("3*3 is 9, not 6.\nConclusion: wrong [END]", "wrong")
+    assert a.meta["critique"]["output"] == S1_CRITIQUE and b.meta["critique"]["output"] == R1_CRITIQUE
+    # Cut inside its thinking: not a critique, no verdict; the raw reply and the reason stay in meta.
+    assert c.critique is None and c.verdict is None
+    assert c.meta["critique"]["output"] == CUT and c.meta["critique"]["error"] == UNCLOSED_THINKING
+    assert "verify" not in c.meta
+    assert dict(report) == {"done": 2, UNCLOSED_NOTE: 1, "skipped: no response": 1}
+    # A later stage treats it as a record without a critique.
+    teacher = ScriptedTeacher({"": "refined"})
+    refined, report = refine(out, teacher, Sampling())
+    assert refined[2].refined is None and report["skipped: no response or critique"] == 2
+
+
+def test_refine_solve_and_respond_never_use_a_reply_cut_inside_its_thinking():
+    rec = Record(id="a", question="What is 2+2?", response="2+2=5", critique="Off by one.\nConclusion: wrong")
+    (out,), report = refine([rec], ScriptedTeacher({"2+2": "<think>2 + 2 is"}), Sampling())
+    assert out.refined is None and out.meta["refine"]["output"] == "<think>2 + 2 is"
+    assert out.meta["refine"]["error"] == UNCLOSED_THINKING and dict(report) == {UNCLOSED_NOTE: 1}
+    (out,), report = solve([rec], ScriptedTeacher({"2+2": "<|im_start|>think\n2 + 2 is"}), Sampling())
+    assert out.teacher_solution is None and dict(report) == {UNCLOSED_NOTE: 1}
+    (out,), report = solve([rec], ScriptedTeacher({"2+2": "<|im_start|>think\nadd<|im_start|>answer\nAnswer: 4"}),
+                           Sampling())
+    assert out.teacher_solution == "Answer: 4" and report["done"] == 1
+
+    # respond: each sample on its own; the thinking of a closed one goes, the raw text stays.
+    class TwoSamples(ScriptedTeacher):
+        def generate(self, conversations, sampling, desc=""):
+            return [["think\nadding\nanswer\n\\boxed{4}", "think\nadding 2 and"] for _ in conversations]
+
+    out, report = respond([Record(id="q", question="What is 2+2?")], TwoSamples({}), Sampling(n=2))
+    assert [(r.id, r.response) for r in out] == [("q#0", "\\boxed{4}"), ("q#1", None)]
+    assert out[0].meta["respond"]["output"] == "think\nadding\nanswer\n\\boxed{4}"
+    assert out[1].meta["respond"]["error"] == UNCLOSED_THINKING
+    assert dict(report) == {"done": 1, UNCLOSED_NOTE: 1}
+    # Ordinary answers are untouched and carry no copy of themselves.
+    out, _ = respond([Record(id="q", question="What is 2+2?")], ScriptedTeacher({"2+2": "I think the answer is 4."}),
+                     Sampling())
+    assert out[0].response == "I think the answer is 4." and "output" not in out[0].meta["respond"]

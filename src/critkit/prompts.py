@@ -10,19 +10,25 @@ import re
 from functools import cache
 from importlib import resources
 
-__all__ = ["load_prompt", "render", "answer_prompt", "PROMPT_NAMES"]
+__all__ = ["load_prompt", "render", "answer_prompt", "respond_prompt", "PROMPT_NAMES", "RESPOND_PROMPTS"]
 
 PROMPT_NAMES = (
-    "cot_system",  # Qwen2.5-Math cot answer prompt (evaluation and student answers)
+    "cot_system",  # Qwen2.5-Math cot answer prompt (evaluation; student answers on request)
     "base_answer",  # plain prompt for base models without a chat template
     "cft_critique_system", "cft_critique_user",  # CFT teacher (released generator)
+    "cft_solve_system", "cft_solve_user",  # CFT A.2: the teacher's own solutions (SFT-GPT4o baseline)
     "cft_train_instruction", "cft_train_input",  # CFT training input (WebInstruct-CFT layout)
     "cgd_critique_system", "cgd_critique_user",  # CGD teacher critique
     "cgd_refine_system", "cgd_refine_user",  # CGD teacher refinement = CGD training input
     "cgd_no_critique_user",  # CGD ablation without the critique (Fig. 4)
-    "self_critique_single_user",  # CFT A.4 single-pass self-critique: solve, critique, correct
-    "self_critique_check_user",  # CFT A.4 two-stage self-critique: the critique step
+    "self_critique_single_system",  # CFT A.4.1 single-pass self-critique, verbatim
+    "self_critique_check_user",  # CFT A.4.1 two-stage self-critique: the critique step, plus critkit's format line
 )
+
+# How the student is asked for its first answers y' (respond). "plain", the default, is the CGD
+# code's: the question as the only message, no system prompt. "cot" is the Qwen2.5-Math prompt
+# every model is evaluated with; "base" is for base models without a chat template.
+RESPOND_PROMPTS = ("plain", "cot", "base")
 
 _PLACEHOLDER = re.compile(r"\{(question|response|critique)\}")
 
@@ -49,3 +55,14 @@ def render(name: str, **values: str) -> str:
 def answer_prompt(question: str) -> list[dict[str, str]]:
     """What every model is evaluated with: the Qwen2.5-Math cot prompt, question only."""
     return [{"role": "system", "content": load_prompt("cot_system")}, {"role": "user", "content": question}]
+
+
+def respond_prompt(question: str, prompt: str = "plain") -> list[dict[str, str]]:
+    """The student's conversation for its first answer, in one of RESPOND_PROMPTS."""
+    if prompt == "plain":
+        return [{"role": "user", "content": question}]
+    if prompt == "cot":
+        return answer_prompt(question)
+    if prompt == "base":
+        return [{"role": "user", "content": render("base_answer", question=question)}]
+    raise ValueError(f"unknown respond prompt {prompt!r}; use one of {', '.join(RESPOND_PROMPTS)}")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from ..engine.backends import Sampling
 from .benchmarks import Problem, get_benchmark, load_benchmark
-from ..grading.answers import answers_match, extract_answer, extract_choice
+from ..grading.answers import extract_answer, extract_choice
+from ..grading.rules import match_answer
+from ..grading.thinking import strip_thinking
 from ..grading.verdicts import parse_verdict
 from ..prompts import answer_prompt, load_prompt, render
 from ..data.records import read_jsonl, write_jsonl
@@ -72,7 +74,7 @@ def _grade(problem: Problem, response: str) -> tuple[str | None, bool]:
         letter = extract_choice(response, len(problem.choices))
         return letter, letter == problem.gold
     extracted = extract_answer(response)
-    return extracted, answers_match(extracted, problem.gold)
+    return extracted, match_answer(extracted, problem.gold, problem.grading)
 
 
 def _generate(backend, problems: list[Problem], sampling: Sampling, mode: str, rounds: int, desc: str) -> list[dict]:
@@ -83,8 +85,9 @@ def _generate(backend, problems: list[Problem], sampling: Sampling, mode: str, r
     if sampling.n != 1:
         raise ValueError(f"mode {mode} draws one answer per question; use n=1")
     if mode == "self-critique":
-        convs = [[{"role": "system", "content": load_prompt("cot_system")},
-                  {"role": "user", "content": render("self_critique_single_user", question=p.question)}] for p in problems]
+        # CFT A.4.1's single-pass instruction in place of the cot one, the question alone as in direct mode.
+        convs = [[{"role": "system", "content": load_prompt("self_critique_single_system")},
+                  {"role": "user", "content": p.question}] for p in problems]
         return [{"responses": o} for o in backend.generate(convs, sampling, desc=desc)]
     if mode != "self-critique-2stage":
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
@@ -92,8 +95,10 @@ def _generate(backend, problems: list[Problem], sampling: Sampling, mode: str, r
     traces: list[list[dict]] = [[{"solution": a}] for a in answers]
     open_ids = list(range(len(problems)))
     for attempt in range(rounds):
+        # A reasoning model's thinking is not part of the solution it submits for critique.
         checks = backend.generate([[{"role": "user", "content": render("self_critique_check_user", question=problems[i].question,
-                                                                        response=answers[i])}] for i in open_ids],
+                                                                        response=strip_thinking(answers[i]) or answers[i])}]
+                                   for i in open_ids],
                                   sampling, desc=f"{desc} critique {attempt + 1}")
         retry = []
         for i, check in zip(open_ids, checks):
@@ -130,7 +135,9 @@ def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: S
     samples = []
     for p in problems:
         row = done[p.id]
-        if "correct" not in row or regrade or todo:
+        if "correct" not in row or regrade or todo or row.get("spec_version") != spec.version:
+            # Samples graded under another version of the spec (another gold or grading rule) are regraded.
+            row.update(gold=p.gold, spec_version=spec.version)
             graded = [_grade(p, r) for r in row["responses"]]
             row["extracted"] = [e for e, _ in graded]
             row["correct"] = [c for _, c in graded]

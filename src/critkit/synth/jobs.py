@@ -19,7 +19,9 @@ A stage over a large file runs for hours; calls fail, processes die, the bill ma
   from per-million-token prices, written to `OUTPUT.usage.json` with the run's counts.
 
 Nothing is dropped silently: bad input lines are reported with file and line, failed requests end
-as records with `status: failed` and the error, and the summary counts every outcome.
+as records with `status: failed` and the error, and the summary counts every outcome. A reply
+whose thinking never closes (a reasoning model cut at the token limit, see grading/thinking.py)
+is failed too, with its raw text kept in meta[stage]["output"] and its tokens billed.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ _CONTENT = ("question", "gold", "reference", "response", "critique", "verdict", 
 
 
 def plan_items(stage: str, numbered: list[tuple[int, Record]], teacher, sampling: Sampling, style: str = "cft",
-               prompt: str = "cot", shard: tuple[int, int] | None = None) -> tuple[list[Item], str]:
+               prompt: str = "plain", shard: tuple[int, int] | None = None) -> tuple[list[Item], str]:
     """Items for the records of this shard, and the hash of the run's settings."""
     settings = _settings(stage, teacher, sampling, style, prompt)
     settings_hash = _hash(settings)[:16]
@@ -358,7 +360,7 @@ def _generate_each(backend, conversations, sampling, on_result) -> None:
 
 
 def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.PathLike, teacher, sampling: Sampling,
-              *, style: str = "cft", prompt: str = "cot", retry_failed: bool = False,
+              *, style: str = "cft", prompt: str = "plain", retry_failed: bool = False,
               shard: tuple[int, int] | None = None, prices: dict | None = None, progress: bool = True) -> dict:
     """Run one synthesis stage durably; returns the summary (also saved as OUTPUT.usage.json).
 
@@ -373,6 +375,8 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
         synth.check_style(style)
     if stage == "respond" and teacher == REFERENCE:
         raise JobError("respond needs a model: the reference teacher only critiques, refines and solves")
+    if stage == "respond" and prompt not in synth.RESPOND_PROMPTS:
+        raise JobError(f"unknown respond prompt {prompt!r}; use one of {', '.join(synth.RESPOND_PROMPTS)}")
     output = Path(output_path)
     if output.suffix != ".jsonl":
         raise JobError(f"{output}: a stage writes JSON lines (its journal); name the output .jsonl")
@@ -420,7 +424,12 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
         def lines_for(item: Item, texts: list[str] | None, extra: dict, graded: str | None = None,
                       error: str | None = None) -> list[dict]:
             if error is not None:
-                return [_line(item, item.record, stage, block(item, "failed", error=error, **extra))]
+                rec = item.record
+                if texts is not None:  # a reply that came back but cannot be used: keep what it says
+                    raw = ({"model": model, "prompt": prompt, "output": texts} if stage == "respond" else
+                           {"teacher": model, "messages": item.messages, "output": texts[0]})
+                    rec = dataclasses.replace(rec, meta={**rec.meta, stage: {**raw, "error": error}})
+                return [_line(item, rec, stage, block(item, "failed", error=error, **extra))]
             made, _ = synth.apply(stage, item.record, texts, teacher, meta_sampling, item.messages, style=style,
                                   prompt=prompt, graded=graded)
             rows = []
@@ -470,6 +479,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
         def on_result(j: int, reply: Reply) -> None:
             leader = leaders[j]
             rows: list[dict] = []
+            unusable = None
             if reply.ok:
                 texts = reply.texts if stage == "respond" else reply.texts[:1]
                 extra = {"tries": reply.tries, "usage": {k: reply.usage.get(k) for k in ("prompt_tokens", "completion_tokens")
@@ -477,16 +487,18 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
                 odd = [r for r in reply.finish_reasons if r and r != "stop"]
                 if odd:
                     extra["finish_reason"] = odd[0]  # e.g. "length": the answer was cut at max_tokens
-                rows += lines_for(leader, texts, extra)
+                # A reply cut inside its thinking is paid for but not used: failed, for --retry-failed.
+                unusable = synth.thinking_error(stage, texts)
+                rows += lines_for(leader, texts, extra, error=unusable)
                 for other in followers[leader.request]:
-                    rows += lines_for(other, texts, {"cached": True})
+                    rows += lines_for(other, texts, {"cached": True}, error=unusable)
                     run["cached"] += 1
             else:
                 rows += lines_for(leader, None, {"tries": reply.tries}, error=reply.error)
                 for other in followers[leader.request]:
                     rows += lines_for(other, None, {"cached": True}, error=reply.error)
             group_size = 1 + len(followers[leader.request])
-            run["done" if reply.ok else "failed"] += group_size
+            run["done" if reply.ok and not unusable else "failed"] += group_size
             run["sent"] += 1
             run["retries"] += reply.tries - 1
             journal.append(rows)  # the leader and the items that share its request: one write
@@ -588,6 +600,9 @@ def usage_table(lines: list[Line], prices: dict | None = None) -> list[dict]:
         counts = table[(stage, model)]
         if status == "failed":
             counts["failed"] += 1
+            # A reply that came back unusable (thinking cut at the token limit) was still billed.
+            counts["prompt_tokens"] += prompt_tokens
+            counts["completion_tokens"] += completion_tokens
         elif status != "done":
             return
         elif cached:
@@ -619,7 +634,7 @@ def usage_table(lines: list[Line], prices: dict | None = None) -> list[dict]:
 
 def _failure_kind(error: str) -> str:
     """A short class for grouping failures: 'HTTP 429', 'TimeoutError', 'reply is not JSON', ..."""
-    for pattern in (r"HTTP \d{3}", r"reply is not JSON", r"reply has no choices", r"\b[A-Z]\w*(?:Error|Exception|Read|Disconnected)\b"):
+    for pattern in (r"^unclosed thinking", r"HTTP \d{3}", r"reply is not JSON", r"reply has no choices", r"\b[A-Z]\w*(?:Error|Exception|Read|Disconnected)\b"):
         m = re.search(pattern, error)
         if m:
             return m.group(0)

@@ -11,6 +11,12 @@ CLI) uses one record at a time: `skip_reason`, `prompt_for`, `reference_output`,
 `raw_texts`. The batch functions here (`respond`, `critique`, `refine`, `solve`) put them together
 in memory, for small runs and for `critkit run`.
 
+Reasoning teachers and students think before they write (grading/thinking.py): every stage keeps
+only the text after the thinking (the verdict is read from it too) and the raw reply in meta. A
+reply whose thinking never closes (cut at the token limit) is not used: the field stays empty,
+meta[stage]["error"] says why, and the report counts it (jobs.py records the item as failed, so
+`--retry-failed` takes it up again).
+
 The critique stage also checks the teacher: where a gold answer exists, the response is graded
 with math-verify and meta["verify"] records that grade and whether the teacher's verdict agrees
 (the CFT paper found about 20% of GPT-4o's critiques wrong).
@@ -24,21 +30,23 @@ for what it is wherever its output is recorded.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import replace
 from typing import Iterable
 
 from ..engine.backends import Sampling
 from ..grading.answers import extract_answer, grade
+from ..grading.thinking import UNCLOSED_THINKING, split_thinking
 from ..grading.verdicts import parse_verdict
-from ..prompts import answer_prompt, load_prompt, render
+from ..prompts import RESPOND_PROMPTS, load_prompt, render, respond_prompt
 from ..data.records import Record
 
 __all__ = ["respond", "critique", "refine", "solve", "parse_verdict", "verify", "REFERENCE", "StageReport", "STAGES",
-           "STAGE_FIELDS"]
+           "STAGE_FIELDS", "RESPOND_PROMPTS", "UNCLOSED_NOTE", "thinking_error"]
 
 REFERENCE = "reference"
+# How the in-memory stages count a reply they could not use because its thinking never closed.
+UNCLOSED_NOTE = "failed: unclosed thinking"
 
 class StageReport(Counter):
     """done / skipped counts by reason for one stage; printed by the CLI."""
@@ -82,12 +90,10 @@ def skip_reason(stage: str, rec: Record, teacher) -> str | None:
     return None
 
 
-def prompt_for(stage: str, rec: Record, style: str = "cft", prompt: str = "cot"):
+def prompt_for(stage: str, rec: Record, style: str = "cft", prompt: str = "plain"):
     """The conversation an LLM teacher (or the student, for respond) gets for this record."""
     if stage == "respond":
-        if prompt == "base":
-            return [{"role": "user", "content": render("base_answer", question=rec.question)}]
-        return answer_prompt(rec.question)
+        return respond_prompt(rec.question, prompt)
     if stage == "critique":
         return [{"role": "system", "content": load_prompt(f"{style}_critique_system")},
                 {"role": "user", "content": render(f"{style}_critique_user", question=rec.question, response=rec.response)}]
@@ -95,8 +101,9 @@ def prompt_for(stage: str, rec: Record, style: str = "cft", prompt: str = "cot")
         return [{"role": "system", "content": load_prompt("cgd_refine_system")},
                 {"role": "user", "content": render("cgd_refine_user", question=rec.question, response=rec.response,
                                                     critique=rec.critique)}]
-    if stage == "solve":
-        return answer_prompt(rec.question)
+    if stage == "solve":  # CFT A.2: how the SFT-GPT4o baseline's solutions were generated
+        return [{"role": "system", "content": load_prompt("cft_solve_system")},
+                {"role": "user", "content": render("cft_solve_user", question=rec.question)}]
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -126,43 +133,64 @@ def verify(rec: Record, verdict: str | None, graded: str | None = None) -> dict:
     return {"graded": graded, "agrees": (verdict == graded) if verdict in ("right", "wrong") else None}
 
 
+def thinking_error(stage: str, texts: list[str]) -> str | None:
+    """Why a reply cannot be used, when a text of it ends inside its thinking; else None."""
+    cut = [k for k, text in enumerate(texts) if split_thinking(text).unclosed]
+    if not cut:
+        return None
+    which = f" (sample{'s' if len(cut) > 1 else ''} {', '.join(map(str, cut))} of {len(texts)})" if len(texts) > 1 else ""
+    return f"{UNCLOSED_THINKING}{which}; the raw reply is in meta.{stage}.output"
+
+
 def apply(stage: str, rec: Record, texts: list[str], teacher, sampling: Sampling, messages=None, style: str = "cft",
-          prompt: str = "cot", graded: str | None = None) -> tuple[list[Record], list[str]]:
+          prompt: str = "plain", graded: str | None = None) -> tuple[list[Record], list[str]]:
     """The record(s) a stage makes from the generated text(s), and notes for the report.
 
-    respond makes one record per sample (`id#k` when sampling.n > 1); the other stages one.
+    respond makes one record per sample (`id#k` when sampling.n > 1); the other stages one. Each
+    text loses its thinking section; a text whose thinking never closes leaves the field empty,
+    with the raw text and the reason in meta[stage], and the note UNCLOSED_NOTE.
     """
     name = _teacher_name(teacher)
     if stage == "respond":
-        out = []
+        out, notes = [], []
         for k, text in enumerate(texts):
             rid = rec.id if sampling.n == 1 else f"{rec.id}#{k}"
-            meta = {**rec.meta, "respond": {"model": teacher.name, "prompt": prompt, "sampling": sampling.as_dict(), "sample": k}}
-            out.append(replace(rec, id=rid, response=text, meta=meta))
-        return out, []
+            answer = split_thinking(text).answer
+            info = {"model": teacher.name, "prompt": prompt, "sampling": sampling.as_dict(), "sample": k}
+            if answer != text:  # thinking removed, or the whole reply unusable: keep what was written
+                info["output"] = text
+            if answer is None:
+                info["error"] = UNCLOSED_THINKING
+                notes.append(UNCLOSED_NOTE)
+            out.append(replace(rec, id=rid, response=answer, meta={**rec.meta, "respond": info}))
+        return out, notes
     text = texts[0] if texts else ""
+    # The offline teacher's texts are critkit's and the dataset's, not a model's reply: used as they are.
+    answer = text if teacher == REFERENCE else split_thinking(text).answer
     if stage == "critique":
-        notes = []
-        if teacher == REFERENCE:
-            verdict = parse_verdict(text)
-            info = {"teacher": name, "style": style, "output": text}
-        else:
-            verdict = parse_verdict(text)
-            if verdict is None:
-                notes.append("verdict unparsed")
-            info = {"teacher": name, "style": style, "messages": messages, "output": text, "sampling": sampling.as_dict()}
+        info = {"teacher": name, "style": style, "output": text}
+        if teacher != REFERENCE:
+            info.update(messages=messages, sampling=sampling.as_dict())
+        if answer is None:
+            meta = {**rec.meta, "critique": {**info, "error": UNCLOSED_THINKING}}
+            return [replace(rec, critique=None, verdict=None, meta=meta)], [UNCLOSED_NOTE]
+        verdict = parse_verdict(answer)
+        notes = ["verdict unparsed"] if verdict is None and teacher != REFERENCE else []
         meta = {**rec.meta, "critique": info, "verify": verify(rec, verdict, graded)}
-        return [replace(rec, critique=text, verdict=verdict or "unparsed", meta=meta)], notes
+        return [replace(rec, critique=answer, verdict=verdict or "unparsed", meta=meta)], notes
     if stage in ("refine", "solve"):
-        meta = {**rec.meta, stage: {"teacher": name, "messages": messages, "output": text}}
-        return [replace(rec, **{STAGE_FIELDS[stage]: _strip_thinking(text)}, meta=meta)], []
+        info = {"teacher": name, "messages": messages, "output": text}
+        if answer is None:
+            return [replace(rec, meta={**rec.meta, stage: {**info, "error": UNCLOSED_THINKING}})], [UNCLOSED_NOTE]
+        # The CGD code keeps what follows a reasoning teacher's thinking as the refined answer.
+        return [replace(rec, **{STAGE_FIELDS[stage]: answer}, meta={**rec.meta, stage: info})], []
     raise ValueError(f"unknown stage {stage!r}")
 
 
 def raw_texts(stage: str, records: list[Record]) -> list[str]:
     """The generated text(s) a finished record holds: the inverse of `apply`, for reuse as a cache."""
     if stage == "respond":
-        return [r.response for r in records]
+        return [r.meta.get("respond", {}).get("output", r.response) for r in records]
     return [records[0].meta[stage]["output"]]
 
 
@@ -170,7 +198,7 @@ def raw_texts(stage: str, records: list[Record]) -> list[str]:
 
 
 def _stage(stage: str, records: Iterable[Record], teacher, sampling: Sampling, style: str = "cft",
-           prompt: str = "cot") -> tuple[list[Record], StageReport]:
+           prompt: str = "plain") -> tuple[list[Record], StageReport]:
     records = list(records)
     report = StageReport()
     todo: list[int] = []
@@ -195,15 +223,25 @@ def _stage(stage: str, records: Iterable[Record], teacher, sampling: Sampling, s
         made, notes = apply(stage, records[i], texts, teacher, used if stage == "respond" else sampling, conv,
                             style=style, prompt=prompt, graded=graded)
         out[i] = made
-        report["done"] += len(made)
+        if len(made) > notes.count(UNCLOSED_NOTE):
+            report["done"] += len(made) - notes.count(UNCLOSED_NOTE)
         for note in notes:
             report[note] += 1
     return [rec for group in out for rec in group], report
 
 
-def respond(records: Iterable[Record], student, sampling: Sampling, prompt: str = "cot") -> tuple[list[Record], StageReport]:
-    """The student's own answers y'. With sampling.n > 1 each question yields n records `id#k`."""
+def respond(records: Iterable[Record], student, sampling: Sampling, prompt: str = "plain") -> tuple[list[Record], StageReport]:
+    """The student's own answers y'. With sampling.n > 1 each question yields n records `id#k`.
+
+    `prompt` is one of RESPOND_PROMPTS; "plain" (the question alone) is what the CGD code asks.
+    """
+    check_prompt(prompt)
     return _stage("respond", records, student, sampling, prompt=prompt)
+
+
+def check_prompt(prompt: str) -> None:
+    if prompt not in RESPOND_PROMPTS:
+        raise ValueError(f"unknown respond prompt {prompt!r}; use one of {', '.join(RESPOND_PROMPTS)}")
 
 
 def _reference_critique(rec: Record, style: str) -> tuple[str, str]:
@@ -236,11 +274,6 @@ def check_style(style: str) -> None:
 def refine(records: Iterable[Record], teacher, sampling: Sampling) -> tuple[list[Record], StageReport]:
     """Teacher's refined answer ŷ given (question, response, critique): the CGD target."""
     return _stage("refine", records, teacher, sampling)
-
-
-def _strip_thinking(text: str) -> str:
-    # Reasoning teachers wrap their thoughts in <think>...</think>; the CGD code keeps what follows.
-    return re.sub(r"(?s)^.*?</think>\s*", "", text) if "</think>" in text else text
 
 
 def solve(records: Iterable[Record], teacher, sampling: Sampling) -> tuple[list[Record], StageReport]:
