@@ -88,7 +88,9 @@ def load_model(name: str, dtype: str = "auto", attn_implementation: str | None =
     """A causal LM for inference or training; a PEFT adapter folder loads onto its base model.
 
     dtype "auto" means float32 on CPU (bf16 matmuls are several times slower than fp32 for small
-    models on CPUs without AMX, measured here) and bfloat16 on a GPU.
+    models on CPUs without AMX, measured here) and bfloat16 on a GPU: right for inference, wrong
+    for training weights that AdamW updates in place (bf16 rounds small updates away), so training
+    passes the dtype training/precision.py plans instead.
     """
     import torch
     from transformers import AutoModelForCausalLM

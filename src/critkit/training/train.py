@@ -4,7 +4,8 @@ The config (train_config.py) is a small dataclass (model, data, output_dir, peft
 mapping of TRL `SFTConfig` fields passed through unchanged, so a TRL user already knows every
 training option.
 Pairs are conversational prompt/completion rows; TRL renders them with the model's chat template
-and computes the loss on completion tokens only.
+and computes the loss on completion tokens only. The weights load in the dtype precision.py plans
+for the launch, so that the optimizer always updates fp32 master weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from ..config import ConfigError
 from .train_config import TrainConfig, load_train_config, read_pairs, sft_defaults, validate
 
-__all__ = ["TrainConfig", "load_train_config", "train", "ConfigError"]
+__all__ = ["TrainConfig", "load_train_config", "train", "build_trainer", "ConfigError"]
 
 
 def _load_pairs(path: str, limit: int | None):
@@ -119,14 +120,57 @@ def _make_trainer_class():
     return CritkitSFTTrainer
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train and save to cfg.output_dir; returns the folder of the model to evaluate."""
+def build_trainer(cfg: TrainConfig):
+    """The trainer `train` runs: the pairs, the tokenizer, the model loaded in the dtype the
+    precision plan says (precision.py) and TRL's trainer around them. Returns (trainer, precision)."""
     from peft import LoraConfig
     from trl import SFTConfig
 
     from .attention import register as register_varlen
+    from .precision import launch_from_env, plan
     from ..engine.models import load_model, load_tokenizer
 
+    dataset = _load_pairs(cfg.data, cfg.max_examples)
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    sft = sft_defaults(cfg)
+    args = SFTConfig(**sft)
+    precision = plan(sft, launch_from_env(), lora=cfg.peft is not None)
+    # The plan reads the config and accelerate's environment as TrainingArguments does; if the two
+    # ever disagree, the weights would be loaded for another scheme than the one that trains them.
+    # (Under DeepSpeed only the scheme must agree: DeepSpeed converts the weights to its own dtype.)
+    if (args.deepspeed_plugin is not None) != (precision.scheme == "deepspeed") or (
+            precision.scheme != "deepspeed" and args.mixed_precision.replace("no", "fp32") != precision.compute):
+        raise RuntimeError(f"precision plan {precision.scheme}/{precision.compute} disagrees with transformers' "
+                           f"(deepspeed={args.deepspeed_plugin is not None}, mixed_precision={args.mixed_precision})")
+    attention = cfg.attn_implementation or (register_varlen() if args.padding_free or args.packing else None)
+    model = load_model(cfg.model, dtype=precision.load_dtype, attn_implementation=attention).train()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        # Without a GPU, processes started by torchrun (accelerate launch) fall back to one
+        # process each unless told to use the CPU; each would then train alone on all the data.
+        raise ConfigError(f"launched as {launched} processes, but they did not join one process group: "
+                          "without a GPU add use_cpu=true (gloo on CPU)")
+    peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.peft) if cfg.peft is not None else None
+    trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                    peft_config=peft_config)
+    if precision.scheme in ("autocast", "fp32"):
+        _trainable_in_fp32(trainer.model)
+    return trainer, precision
+
+
+def _trainable_in_fp32(model) -> None:
+    """Upcast every trainable tensor that is not fp32 (e.g. an lm_head PEFT copied into
+    modules_to_save from a bf16 base): the optimizer must update fp32 master weights.
+    FSDP does this itself when it wraps the model, DeepSpeed keeps its own fp32 copies."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train and save to cfg.output_dir; returns the folder of the model to evaluate."""
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,35 +182,33 @@ def train(cfg: TrainConfig) -> Path:
         planned = estimate(cfg)
         (out / "estimate.json").write_text(json.dumps(planned.to_json(), indent=1))
         print(f"[critkit] estimate for {cfg.output_dir}:\n" + format_estimate(planned), flush=True)
-    dataset = _load_pairs(cfg.data, cfg.max_examples)
-    tokenizer = load_tokenizer(cfg.model, padding_side="right")
-    args = SFTConfig(**sft_defaults(cfg))
-    attention = cfg.attn_implementation or (register_varlen() if args.padding_free or args.packing else None)
-    model = load_model(cfg.model, dtype="auto", attn_implementation=attention).train()
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and args.world_size != launched:
-        # Without a GPU, processes started by torchrun (accelerate launch) fall back to one
-        # process each unless told to use the CPU; each would then train alone on all the data.
-        raise ConfigError(f"launched as {launched} processes, but they did not join one process group: "
-                          "without a GPU add use_cpu=true (gloo on CPU)")
-    peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.peft) if cfg.peft is not None else None
-    trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                    peft_config=peft_config)
+    trainer, precision = build_trainer(cfg)
+    tokenizer = trainer.processing_class
+    args = trainer.args
     resume = _last_checkpoint(out) if args.save_strategy != "no" else None
     if resume and trainer.is_world_process_zero():
         print(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     final = out / "final"
+    if precision.scheme == "autocast" and cfg.peft is None:
+        # final/ in the compute dtype, as before fp32 master weights and as ZeRO-3 saves it
+        # (zero3_save_16bit_model): half the size, and vLLM's dtype "auto" serves an fp32 config in
+        # fp16. The fp32 weights round once, after the last step (checkpoints keep them in fp32).
+        import torch
+
+        from .precision import HALF
+
+        trainer.model.to(getattr(torch, HALF[precision.compute]))
     trainer.save_model(str(final))  # every process: FSDP and ZeRO-3 gather the weights collectively
     if trainer.is_world_process_zero():  # one writer per file when several processes train
         tokenizer.save_pretrained(str(final))
-        if peft_config is not None and cfg.merge_adapter:
+        if cfg.peft is not None and cfg.merge_adapter:
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(str(out / "merged"))
             tokenizer.save_pretrained(str(out / "merged"))
         # After a resume, log_history holds the checkpoint's earlier steps too (from its trainer_state.json).
-        log = {"metrics": result.metrics, "log_history": trainer.state.log_history, "examples": len(dataset),
-               "resumed_from": resume}
+        log = {"metrics": result.metrics, "log_history": trainer.state.log_history, "examples": len(trainer.train_dataset),
+               "resumed_from": resume, "precision": precision.summary}
         (out / "train_log.json").write_text(json.dumps(log, indent=1))
         from .curves import plot_losses
 

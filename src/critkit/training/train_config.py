@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import ConfigError, apply_overrides, load_yaml
 
-__all__ = ["TrainConfig", "load_train_config", "validate", "read_pairs", "sft_defaults", "ConfigError"]
+__all__ = ["TrainConfig", "load_train_config", "validate", "read_pairs", "sft_defaults", "sft_value", "ConfigError"]
 
 
 @dataclass
@@ -103,6 +103,17 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = (),
     cfg = TrainConfig(**raw)
     validate(cfg, check_data=check_data)
     return cfg
+
+
+def sft_value(sft: dict, name: str):
+    """An SFTConfig value: the config's, else TRL's default (e.g. max_length 1024, which TRL applies
+    when a config leaves it out)."""
+    if name in sft:
+        return sft[name]
+    from trl import SFTConfig
+
+    default = next(f for f in dataclasses.fields(SFTConfig) if f.name == name)
+    return default.default_factory() if default.default is dataclasses.MISSING else default.default
 
 
 def _has_tensorboard() -> bool:
