@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -19,15 +20,20 @@ from critkit.data.demo import make_demo
 from critkit.data.records import read_records, write_jsonl, write_records
 
 ABLATIONS = {  # name -> (variants, sets): the rows of its table are variant x set
+    "cft-table2-baselines": (["default"], ["sft", "sft-verified", "sft-teacher", "cft"]),
     "cft-table5-sources": (["webinstruct", "metamath", "numina"], ["cft"]),
     "cft-table6-responses": (["original", "student"], ["cft"]),
     "cft-table7-teacher": (["gpt-4o-mini", "gpt-4o"], ["cft"]),
-    "cft-table9-mix": (["default"], ["cft", "sft", "cft+sft", "cft-then-sft"]),
+    "cft-table9-mix": (["default"], ["cft", "cft+acemath-sft", "cft-then-acemath-sft", "acemath-sft"]),
     "cft-table10-length": (["default"], ["sft", "cft", "cft-short"]),
     "cgd-fig4-critique": (["default"], ["distilled-sft", "cgd", "cgd-no-critique"]),
-    "cgd-table4-lr": (["lr-1e-6", "lr-2e-6", "lr-3e-6", "lr-5e-6"], ["cft", "cgd"]),
+    "cgd-table4-lr": (["lr-1e-6", "lr-5e-6"], ["cft", "cgd"]),
+    "cgd-fig7-lr": (["lr-1e-6", "lr-2e-6", "lr-3e-6", "lr-4e-6", "lr-5e-6"], ["cft", "cgd"]),
     "cgd-fig5-ratio": (["default"], ["cgd-r0", "cgd-r25", "cgd-r50", "cgd-r75", "cgd-r100"]),
 }
+# The user-supplied files some ablations read at config load (relative to the working directory).
+ACEMATH_50K = "data/AceMath-SFT-50K.jsonl"
+WEBINSTRUCT_CFT_600K = "data/WebInstruct-CFT-600K.json"
 
 
 def test_every_packaged_ablation_is_listed_here():
@@ -35,8 +41,25 @@ def test_every_packaged_ablation_is_listed_here():
     assert sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) == sorted(ABLATIONS)
 
 
+@pytest.fixture(scope="module")
+def paper_files(tmp_path_factory):
+    """Stand-ins for the user-supplied files at the packaged paths (the config check reads a file up to
+    its first usable pair, so a few rows of the right shape stand in for 50K or 600K)."""
+    root = tmp_path_factory.mktemp("paper-files")
+    (root / "data").mkdir()
+    train, _ = make_demo(train=8, test=0, seed=11)
+    write_jsonl(root / ACEMATH_50K, [{"messages": [{"role": "user", "content": r.question},
+                                                   {"role": "assistant", "content": r.reference}], "answer": r.gold}
+                                     for r in train])
+    row = json.dumps({"instruction": "Please critique whether the following solution to the question is correct.",
+                      "input": "Question:\nWhat is 2 + 2?\n\nSolution:\n2 + 2 = 4.", "output": "Right.\nConclusion: right [END]"})
+    (root / WEBINSTRUCT_CFT_600K).write_text((row + "\n") * 3)
+    return root
+
+
 @pytest.mark.parametrize("name", ABLATIONS)
-def test_packaged_ablation_loads_at_the_papers_settings(name):
+def test_packaged_ablation_loads_at_the_papers_settings(name, paper_files, monkeypatch):
+    monkeypatch.chdir(paper_files)
     variants, sets = ABLATIONS[name]
     cfg, runs = load_ablation(find_config(name, "ablations"))
     assert list(runs) == variants
@@ -49,14 +72,37 @@ def test_packaged_ablation_loads_at_the_papers_settings(name):
     load_ablation(find_config(name, "ablations"), ["base=quickstart", "synth.teacher=reference", "seeds=1"])
 
 
-def test_packaged_settings_are_the_papers():
+def test_packaged_settings_are_the_papers(paper_files, monkeypatch):
+    from critkit.run import load_run_config
+
+    monkeypatch.chdir(paper_files)
     _, lr = load_ablation(find_config("cgd-table4-lr", "ablations"))
-    assert [r.train["sft"]["learning_rate"] for r in lr.values()] == [1e-6, 2e-6, 3e-6, 5e-6]
+    assert [r.train["sft"]["learning_rate"] for r in lr.values()] == [1e-6, 5e-6]  # CGD Table 4's two rates
     assert all(r.train["sft"]["per_device_train_batch_size"] * r.train["sft"]["gradient_accumulation_steps"] * 8 == 64
                for r in lr.values())
+    _, curve = load_ablation(find_config("cgd-fig7-lr", "ablations"))  # Figure 7: a grid of critkit's, spanning Table 4's
+    assert [r.train["sft"]["learning_rate"] for r in curve.values()] == [1e-6, 2e-6, 3e-6, 4e-6, 5e-6]
+    assert "critkit's choice" in find_config("cgd-fig7-lr", "ablations").read_text()
     _, ratio = load_ablation(find_config("cgd-fig5-ratio", "ablations"))
     assert [m["right_fraction"] for m in ratio["default"].methods] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert len({m["size"] for m in ratio["default"].methods}) == 1  # one fixed size
+    assert {m["size"] for m in ratio["default"].methods} == {25_000}  # CGD B.1.4: "the total sample size (25k)"
+    # CGD 4.1.1 / A.1: 100K sampled WebInstruct questions the student answers itself, mean of 3 seeds.
+    cgd = load_run_config(find_config("cgd-8b"))
+    assert (cgd.data["train"], cgd.data["source"]) == ("data/WebInstructSub-100K.jsonl", "webinstruct-sub")
+    assert cgd.synth["responses"] == "student" and cgd.seeds == 3
+    assert all(r.data == cgd.data for r in [*lr.values(), *curve.values(), *ratio.values()])
+    # CFT Table 9: the SFT part of the mixture is 50K AceMath SFT from its own file.
+    _, mix = load_ablation(find_config("cft-table9-mix", "ablations"))
+    acemath = {"sft-gold": {"path": ACEMATH_50K, "source": "acemath"}}
+    assert [m if isinstance(m, str) else (m.get("mix") or m.get("stages") or m["method"], m["records"])
+            for m in mix["default"].methods] == ["cft", (["cft", "sft-gold"], acemath), (["cft", "sft-gold"], acemath),
+                                                 ("sft-gold", acemath)]
+    # CFT Table 2: verified SFT is the top 50K of a larger judged pool; GPT-4o-1120 answers for sft-teacher.
+    _, baselines = load_ablation(find_config("cft-table2-baselines", "ablations"))
+    verified = baselines["default"].methods[1]
+    assert verified == {"name": "sft-verified", "method": "sft-verified", "size": 50_000,
+                        "records": {"sft-verified": {"path": WEBINSTRUCT_CFT_600K, "source": "webinstruct-cft"}}}
+    assert baselines["default"].synth["teacher"]["model"] == "gpt-4o-2024-11-20"
     _, teachers = load_ablation(find_config("cft-table7-teacher", "ablations"))
     assert [r.synth["teacher"]["model"] for r in teachers.values()] == ["gpt-4o-mini", "gpt-4o"]
     assert all(r.synth["critiques"] == "teacher" for r in teachers.values())
@@ -64,6 +110,28 @@ def test_packaged_settings_are_the_papers():
     assert [r.synth["responses"] for r in responses.values()] == ["original", "student"]
     _, sources = load_ablation(find_config("cft-table5-sources", "ablations"))
     assert [r.data["source"] for r in sources.values()] == ["webinstruct-cft", "metamath", "numina"]
+
+
+def test_an_ablation_whose_records_file_is_missing_stops_at_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(ConfigError, match=r"variants\.default: .*methods\[1\] \(cft\+acemath-sft\)\.records\.sft-gold: "
+                                          r"data/AceMath-SFT-50K\.jsonl: file not found"):
+        load_ablation(find_config("cft-table9-mix", "ablations"))
+    with pytest.raises(ConfigError, match=r"methods\[1\] \(sft-verified\)\.records\.sft-verified: .*file not found"):
+        load_ablation(find_config("cft-table2-baselines", "ablations"))
+    assert main(["ablate", "cft-table9-mix"]) == 2 and not (tmp_path / "runs").exists()
+
+
+# "CFT Table 9", "CGD B.1.4", "CGD 4.1.1", "CFT 3.1": a paper, then a table, figure or section.
+CITATION = re.compile(r"\b(?:CFT|CGD)\b[^\n]*?\b(?:Table \d+|Figure \d+|[AB]\.\d|\d\.\d)")
+
+
+@pytest.mark.parametrize("name", [*(f"ablations/{n}" for n in ABLATIONS), "cgd-8b", "cft-7b", "cft-32b"])
+def test_every_paper_config_cites_what_it_follows(name):
+    folder, _, stem = name.rpartition("/")
+    header = "".join(line for line in find_config(stem, folder).read_text().splitlines(True) if line.startswith("#"))
+    assert CITATION.search(header), header
+    assert CITATION.search("# CGD B.1.4 / Figure 5") and not CITATION.search("# the paper's recipe")  # the check can fail
 
 
 def test_bad_ablation_configs_name_the_problem(tmp_path):
@@ -156,12 +224,24 @@ def tiny(tiny_model, tmp_path_factory):
     write_jsonl(root / "metamath.jsonl", [{"query": r.question, "response": f"{r.reference}\nThe answer is: {r.gold}", "type": "demo"}
                                           for r in answered[:8]])
     write_jsonl(root / "numina.jsonl", [{"problem": r.question, "solution": r.response, "source": "demo"} for r in answered[8:16]])
+    write_jsonl(root / "acemath.jsonl", [{"messages": [{"role": "user", "content": r.question},
+                                                       {"role": "assistant", "content": r.reference}], "answer": r.gold}
+                                         for r in answered[16:24]])
     return root
 
 
 def _table(out: Path) -> list[tuple[str, str]]:
     with open(out / "table.csv", newline="") as fh:
         return [(row["variant"], row["method"]) for row in csv.DictReader(fh)]
+
+
+def _packaged_methods(name: str, paths: dict[str, str]) -> list:
+    """The packaged ablation's `methods`, with its records files moved to local stand-ins."""
+    methods = load_yaml(find_config(name, "ablations").read_text())["set"]["methods"]
+    for m in methods:
+        for spec in (m.get("records", {}).values() if isinstance(m, dict) else []):
+            spec["path"] = paths.get(spec["path"], spec["path"])  # a YAML alias shares one mapping: moved once
+    return methods
 
 
 def _extra(name: str, tiny: Path) -> list[str]:
@@ -175,17 +255,24 @@ def _extra(name: str, tiny: Path) -> list[str]:
         return [*answered, "synth.teacher=reference"]
     if name == "cft-table7-teacher":
         return ["synth.teacher=reference"]  # both teachers become the offline one: the mechanics, not the result
-    if name == "cft-table9-mix":  # LoRA, so the two-stage set merges its first stage
-        return ["train.peft={r: 4, lora_alpha: 8, target_modules: all-linear}"]
+    if name == "cft-table9-mix":  # LoRA, so the two-stage set merges its first stage; a local AceMath stand-in
+        return ["train.peft={r: 4, lora_alpha: 8, target_modules: all-linear}",
+                f"methods={json.dumps(_packaged_methods(name, {ACEMATH_50K: str(tiny / 'acemath.jsonl')}))}"]
+    if name == "cft-table2-baselines":  # the offline teacher writes sft-teacher's answers; a small judged pool
+        methods = _packaged_methods(name, {WEBINSTRUCT_CFT_600K: str(tiny / "webinstruct.json")})
+        methods[1]["size"] = 2  # the pool holds 3 answers judged right
+        return ["synth.teacher=reference", f"methods={json.dumps(methods)}"]
     if name == "cgd-fig5-ratio":  # the packaged fractions at a size 24 answered problems can fill (8 right, 16 wrong)
         methods = [{**m, "size": 8} for m in load_yaml(find_config(name, "ablations").read_text())["set"]["methods"]]
         return [*answered, f"methods={json.dumps(methods)}"]
     return []
 
 
-# All eight run end to end (about 60 s on 2 shared cores with one torch thread). The teachers of
-# cft-table7-teacher become the offline reference teacher, so it checks the mechanics, not the result.
-END_TO_END = list(ABLATIONS)
+# All but one run end to end. The teachers of cft-table7-teacher and cft-table2-baselines become the
+# offline reference teacher, so they check the mechanics, not the result. cgd-fig7-lr is cgd-table4-lr
+# with three more learning rates (its load test pins them): running it too would add five trainings and
+# evaluations and no code path.
+END_TO_END = [name for name in ABLATIONS if name != "cgd-fig7-lr"]
 
 
 @pytest.mark.parametrize("name", END_TO_END)
@@ -193,8 +280,9 @@ def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path)
     variants, sets = ABLATIONS[name]
     out = tmp_path / name
     seeds = 2 if name == "cgd-table4-lr" else 1
-    extra = ["methods=[cgd]"] if name == "cgd-table4-lr" else []  # 4 variants x 2 seeds of one method is enough
-    sets = ["cgd"] if name == "cgd-table4-lr" else sets
+    lr_sweep = name in ("cgd-table4-lr", "cgd-fig7-lr")
+    extra = ["methods=[cgd]"] if lr_sweep else []  # the variants x seeds of one method are enough
+    sets = ["cgd"] if lr_sweep else sets
     assert main(["ablate", name, f"base={tiny / 'base.yaml'}", f"output_dir={out}", f"seeds={seeds}",
                  *_extra(name, tiny), *extra]) == 0
     rows = _table(out)
@@ -210,10 +298,22 @@ def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path)
         assert (out / v / "report.md").exists()
 
     if name == "cft-table9-mix":
-        two = out / "default" / "models" / "cft-then-sft"
+        two = out / "default" / "models" / "cft-then-acemath-sft"
         adapter = json.loads((two / "final" / "adapter_config.json").read_text())
         assert adapter["base_model_name_or_path"] == str((two / "stage1-cft" / "merged").resolve())
         assert (two / "stage1-cft" / "final" / "adapter_config.json").exists()
+        # The build info says where each part of the mixture came from.
+        info = json.loads((out / "default" / "pairs" / "cft+acemath-sft.build.json").read_text())
+        assert [(p["method"], p["from"], p["used"]) for p in info["parts"]] == [
+            ("cft", "the run's records", 12), ("sft-gold", str(tiny / "acemath.jsonl"), 8)]
+        sft = [json.loads(line) for line in (out / "default" / "pairs" / "acemath-sft.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in sft] == [f"acemath-{i}" for i in range(1, 9)]
+    if name == "cft-table2-baselines":
+        info = json.loads((out / "default" / "pairs" / "sft-verified.build.json").read_text())
+        assert info["parts"] == [{"method": "sft-verified", "from": str(tiny / "webinstruct.json"), "source": "webinstruct-cft",
+                                  "records": 8, "pairs": 3, "used": 2}]
+        solved = read_records(out / "default" / "synth" / "solve.jsonl")
+        assert all(r.teacher_solution == r.reference for r in solved)  # sft-teacher's answers: the (offline) teacher's
     if name == "cft-table10-length":
         info = json.loads((out / "default" / "pairs" / "cft-short.build.json").read_text())
         assert info["stats"]["mean_tokens_targets"] and info["stats"]["mean_tokens_chosen"] and info["pairs"][0] > 0
@@ -239,7 +339,9 @@ def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path)
             assert sorted((r["variant"], r["seed"]) for r in csv.DictReader(fh) if r["method"] == "cgd") == \
                 sorted((v, s) for v in variants for s in ("0", "1"))
         assert " ± " in (out / "table.md").read_text()
-        # Resuming runs nothing again.
-        before = {v: (out / v / "steps.jsonl").read_text().count("\n") for v in variants}
+        # Resuming runs nothing again but the reports.
+        steps = lambda v: [json.loads(line)["step"] for line in (out / v / "steps.jsonl").read_text().splitlines()]  # noqa: E731
+        before = {v: len(steps(v)) for v in variants}
         assert main(["ablate", name, f"base={tiny / 'base.yaml'}", f"output_dir={out}", f"seeds={seeds}", *extra]) == 0
-        assert {v: (out / v / "steps.jsonl").read_text().count("\n") for v in variants} == {v: n + 1 for v, n in before.items()}
+        again = {v: steps(v)[before[v]:] for v in variants}
+        assert all(s and all(step.startswith("report") for step in s) for s in again.values()), again

@@ -12,9 +12,10 @@ import yaml
 from critkit.engine.backends import Sampling
 from critkit.config import ConfigError
 from critkit.data.demo import make_demo
+from critkit.data.records import write_jsonl, write_records
 from critkit.training.methods import METHODS, build_pairs
-from critkit.training.mixtures import (_NEEDS, Shortfall, TrainingSet, build_set, length_matched, parse_set, parse_sets,
-                              right_wrong, stages_needed)
+from critkit.training.mixtures import (_NEEDS, RecordsFile, Shortfall, TrainingSet, build_set, check_records_files,
+                                       length_matched, parse_set, parse_sets, right_wrong, stages_needed)
 from critkit.synth import stages as synth
 
 
@@ -73,6 +74,14 @@ def test_each_kind_of_entry_parses():
     ({"name": "x", "method": "cft", "length_tolerance": 0.2}, r"\.length_tolerance: only with length_match"),
     ({"name": "x", "method": "cft", "ratio": 0.5}, r"unknown field\(s\) \['ratio'\]"),
     ({"name": "x", "method": "cft", "mix": ["cft", "sft"]}, r"exactly one of method, mix or stages"),
+    ({"name": "x", "method": "cft", "records": {"sft": "a.jsonl"}},
+     r"\(x\)\.records\.sft: 'sft' is not one of this set's methods \(cft\)"),
+    ({"name": "x", "method": "cft", "records": "a.jsonl"}, r"\(x\)\.records: expected a mapping of method -> records file"),
+    ({"name": "x", "method": "cft", "records": {"cft": {"file": "a.jsonl"}}}, r"\.records\.cft: unknown field\(s\) \['file'\]"),
+    ({"name": "x", "method": "cft", "records": {"cft": {"path": "a", "source": "acemth"}}},
+     r"\.records\.cft\.source: unknown source 'acemth'"),
+    ({"name": "x", "method": "cft", "records": {"cft": " "}}, r"\.records\.cft\.path: expected a file path"),
+    ({"name": "x", "method": "cft", "verified_only": "yes"}, r"\(x\)\.verified_only: expected true or false"),
     ({"method": "cft"}, r"methods\[0\]\.name: missing"),
     ({"name": "a/b", "method": "cft"}, r"\.name: 'a/b' cannot name a folder"),
     ({"name": "base", "method": "cft"}, r"\.name: 'base' cannot name a folder"),
@@ -115,6 +124,23 @@ def test_stages_needed_follow_the_methods():
     assert need("cgd-no-critique") == {"respond", "critique", "refine"}  # refine reads the critique
     assert need("sft-teacher") == {"solve"}
     assert need({"name": "r", "method": "sft", "right_fraction": 0.5, "size": 4}) == {"respond", "critique"}
+    # Records from their own file are used as they are: nothing is synthesized for them.
+    assert need({"name": "s", "method": "sft", "records": {"sft": "f.jsonl"}}) == set()
+    assert need({"name": "m", "mix": ["sft-teacher", "sft-gold"], "records": {"sft-teacher": "f.jsonl"}}) == set()
+    assert need({"name": "m", "stages": ["cft", "sft-gold"], "records": {"sft-gold": "f.jsonl"}}) == {"respond", "critique"}
+    assert need({"name": "v", "method": "sft-gold", "verified_only": True}) == {"respond", "critique"}  # checks critiques
+
+
+def test_records_files_and_verified_only_parse():
+    mix, pool = parse_sets([
+        {"name": "cft+acemath", "mix": ["cft", "sft-gold"], "records": {"sft-gold": "data/acemath.jsonl"}},
+        {"name": "verified", "method": "sft-verified", "size": 5, "verified_only": True,
+         "records": {"sft-verified": {"path": "pool.json", "source": "webinstruct-cft"}}}])
+    assert mix.records == (RecordsFile("sft-gold", "data/acemath.jsonl", "auto"),)
+    assert (mix.methods, mix.data_methods) == (("cft", "sft-gold"), ("cft",))
+    assert pool == TrainingSet("verified", method="sft-verified", size=5, verified_only=True,
+                               records=(RecordsFile("sft-verified", "pool.json", "webinstruct-cft"),))
+    assert pool.data_methods == ()
 
 
 # ---------------------------------------------------------------------------------- building
@@ -185,6 +211,119 @@ def test_a_ratio_the_data_cannot_fill_is_a_shortfall_naming_the_fields(records):
         right_wrong(rows, {"a": "right", "b": "wrong", "c": "unparsed"}, 0.5, 4)
     with pytest.raises(Shortfall, match=r"size 100 asks for more cft pairs than there are \(60\)"):
         build_set(parse_set({"name": "c", "method": "cft", "size": 100}), records)
+
+
+# ------------------------------------------------------- records from another file (CFT Table 9)
+
+
+def _acemath_file(path, n: int, seed: int = 9):
+    """AceMath-style chat rows (the `acemath` mapping) for demo problems the run's data does not hold."""
+    train, _ = make_demo(train=n, test=0, seed=seed)
+    write_jsonl(path, [{"messages": [{"role": "user", "content": r.question}, {"role": "assistant", "content": r.reference}],
+                        "answer": r.gold} for r in train])
+    return train
+
+
+def test_a_mix_takes_its_sft_part_from_another_records_file(records, tmp_path):
+    """CFT Table 9's "Mix 50K CFT + 50K AceMath SFT": the CFT pairs from the run's records, the SFT
+    pairs from a separate high-quality set, and build info that says which came from where."""
+    acemath = _acemath_file(tmp_path / "acemath.jsonl", 12)
+    entry = {"name": "cft+acemath", "mix": ["cft", "sft-gold"], "records": {"sft-gold": str(tmp_path / "acemath.jsonl")}}
+    built = build_set(parse_set(entry), records, seed=0)
+    (rows,) = built.stages
+    sft = [r for r in rows if r["method"] == "sft-gold"]
+    assert sorted(r["completion"] for r in sft) == sorted(r.reference for r in acemath)  # the file's solutions
+    assert {r["id"] for r in sft} == {f"acemath-{i}" for i in range(1, 13)}
+    assert Counter(r["method"] for r in rows) == {"cft": 60, "sft-gold": 12}
+    assert built.parts == [
+        {"method": "cft", "from": "the run's records", "records": 60, "pairs": 60, "used": 60},
+        {"method": "sft-gold", "from": str(tmp_path / "acemath.jsonl"), "source": "auto", "records": 12, "pairs": 12, "used": 12}]
+    origin = tmp_path / "acemath.jsonl"
+    assert built.notes == [f"cft+acemath: 60 cft + 12 sft-gold (from {origin}) pairs, shuffled together (72 used)"]
+    # Negative control: without `records` the SFT part is the run's own reference solutions.
+    own = build_set(parse_set({"name": "cft+sft", "mix": ["cft", "sft-gold"]}), records, seed=0).stages[0]
+    assert {r["id"] for r in own if r["method"] == "sft-gold"} == {r.id for r in records}
+    # Two stages: CFT on the run's records, then SFT on the file's.
+    two = build_set(parse_set({"name": "two", "stages": ["cft", "sft-gold"], "records": entry["records"]}), records)
+    assert [len(s) for s in two.stages] == [60, 12] and all(r["id"].startswith("acemath-") for r in two.stages[1])
+
+
+def test_a_records_file_is_checked_when_the_config_loads(records, tmp_path):
+    from critkit.cli import main
+    from critkit.run import load_run_config
+
+    _acemath_file(tmp_path / "acemath.jsonl", 6)
+    write_records(tmp_path / "answers.jsonl", [replace(r, reference=None) for r in records[:5]])  # no reference
+    (tmp_path / "bad.jsonl").write_text('{"messages": "q? a"}\n' + (tmp_path / "acemath.jsonl").read_text())
+
+    def config(sft_file) -> str:
+        cfg = {"name": "f", "output_dir": str(tmp_path / "run"), "model": str(tmp_path / "no-such-model"),
+               "methods": ["cft", {"name": "cft+acemath", "mix": ["cft", "sft-gold"], "records": {"sft-gold": sft_file}}]}
+        (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
+        return str(tmp_path / "f.yaml")
+
+    where = r"methods\[1\] \(cft\+acemath\)\.records\.sft-gold: "
+    with pytest.raises(ConfigError, match=where + r".*nope\.jsonl: file not found"):
+        load_run_config(config(str(tmp_path / "nope.jsonl")))
+    assert main(["run", config(str(tmp_path / "nope.jsonl"))]) == 2
+    with pytest.raises(ConfigError, match=where + r".*answers\.jsonl gives no sft-gold pair \(5 no reference\); records from "
+                                                 r"another file are used as they are"):
+        load_run_config(config(str(tmp_path / "answers.jsonl")))
+    with pytest.raises(ConfigError, match=where + r".*bad\.jsonl:1: field 'messages' is not a list"):
+        load_run_config(config({"path": str(tmp_path / "bad.jsonl"), "source": "acemath"}))
+    assert not (tmp_path / "run").exists()  # nothing ran
+    cfg = load_run_config(config(str(tmp_path / "acemath.jsonl")))  # the good file loads
+    assert cfg.methods[1]["records"] == {"sft-gold": str(tmp_path / "acemath.jsonl")}
+
+
+# -------------------------------------------------------- sft-verified: the top N of a larger pool
+
+
+def _judged_pool(path, n: int = 45):
+    """A judged pool of its own (ids pool-*): every third answer right, the reference teacher's verdicts."""
+    train, _ = make_demo(train=n, test=0, seed=3)
+    answered = [replace(r, id=f"pool-{i}", response=r.reference if i % 3 == 0 else f"Surely \\boxed{{{int(r.gold) + 2}}}.")
+                for i, r in enumerate(train)]
+    judged, _ = synth.critique(answered, synth.REFERENCE, Sampling())
+    write_records(path, judged)
+    return judged
+
+
+def test_sft_verified_takes_n_judged_right_from_a_larger_pool(records, tmp_path):
+    """CFT 2.1's WebInstruct-verified: "the top 50K" of the answers GPT-4o judged correct, from a pool
+    larger than 50K. Here the run's data holds 20 verified answers and the pool 15 of 45."""
+    pool = _judged_pool(tmp_path / "pool.jsonl")
+    right = {r.id: r.response for r in pool if r.verdict == "right"}
+    assert len(right) == 15
+    entry = {"name": "verified", "method": "sft-verified", "size": 12, "records": {"sft-verified": str(tmp_path / "pool.jsonl")}}
+    spec = parse_set(entry)
+    check_records_files([spec])
+    built = build_set(spec, records, seed=1)
+    (rows,) = built.stages
+    assert len(rows) == 12 and all(right[r["id"]] == r["completion"] for r in rows)  # only judged-right pool answers
+    assert built.parts == [{"method": "sft-verified", "from": str(tmp_path / "pool.jsonl"), "source": "auto", "records": 45,
+                            "pairs": 15, "used": 12}]
+    assert built.skipped == {"verdict wrong": 30}
+    # More than the pool holds: a shortfall that names the counts and the way out.
+    spec = parse_set({**entry, "size": 16})
+    with pytest.raises(Shortfall, match=r"size 16 asks for more sft-verified \(from .*pool\.jsonl\) pairs than there are "
+                                        r"\(15 of 45 records; skipped 30 verdict wrong; CFT's verified set is the top N"):
+        build_set(spec, records)
+
+
+def test_verified_only_keeps_verdicts_math_verify_confirms(records):
+    """A lenient teacher calls every answer right; `verified_only` keeps those math-verify grades right."""
+    lenient = [replace(r, critique="Looks fine.\nConclusion: right [END]", verdict="right",
+                       meta={**r.meta, "verify": synth.verify(r, "right")}) for r in records]
+    truly_right = {r.id for r in records if r.verdict == "right"}  # the reference teacher's (= math-verify's) verdicts
+    plain = build_set(parse_set({"name": "v", "method": "sft-verified"}), lenient).stages[0]
+    assert len(plain) == 60  # the teacher's verdict alone lets every answer through
+    checked = build_set(parse_set({"name": "v", "method": "sft-verified", "verified_only": True}), lenient)
+    assert {r["id"] for r in checked.stages[0]} == truly_right and len(truly_right) == 20
+    assert checked.skipped == {"teacher verdict disagrees with math-verify (right vs wrong)": 40}
+    # In a run config, through parse_sets (today `critkit build --verified-only` offers it).
+    (spec,) = parse_sets([{"name": "cft-checked", "method": "cft", "verified_only": True}])
+    assert {r["id"] for r in build_set(spec, lenient).stages[0]} == truly_right
 
 
 def test_discarding_responses_drops_what_was_derived_from_them(records):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from critkit.data.records import RecordError, write_records
-from critkit.data.sources import SOURCES, gsm8k_gold, guess_source, load_source, split_cft_input
+from critkit.data.sources import SOURCES, gsm8k_gold, guess_source, iter_source, load_source, split_cft_input, stated_answer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TRAIN = DATA / "train" / "gsm8k_train.jsonl"
@@ -170,6 +170,10 @@ def test_split_cft_input(text, parts):
         ("gsm8k-noisy", [{"question": "a?", "ground_truth": "x\nA: 1", "6b_finetuning": {"is_correct": True, "solution": "1"}}, {"question": "b?"}], "ground_truth"),
         ("metamath", [{"query": "a?", "response": "The answer is: 1"}, {"query": "b?"}], "response"),
         ("numina", [{"problem": "a?", "solution": r"\boxed{1}"}, {"solution": r"\boxed{2}"}], "problem"),
+        ("webinstruct-sub", [{"question": "a?", "answer": "1", "source": "socratic", "index": 1},
+                             {"question": "b?", "source": "socratic", "index": 2}], "answer"),
+        ("webinstruct-sub", [{"question": "a?", "answer": "1", "source": "socratic", "index": 1},
+                             {"answer": "2", "source": "socratic", "index": 2}], "question"),
     ],
 )
 def test_row_missing_a_field_names_file_and_line(tmp_path, source, rows, field):
@@ -190,6 +194,102 @@ def test_gsm8k_answer_without_hashes(tmp_path):
     path = _jsonl(tmp_path / "g.jsonl", [{"question": "q?", "answer": "no final line"}])
     with pytest.raises(RecordError, match=r"g\.jsonl:1: field 'answer' has no '#### <answer>' line"):
         load_source(path, "gsm8k")
+
+
+# -------------------------------------------------------------------------- webinstruct-sub
+
+# Rows in WebInstructSub's shape (TIGER-Lab/WebInstructSub: question, answer, source, index): a
+# socratic.org explanation stating its answer, a math.stackexchange answer with a box, and a
+# chemistry explanation that states no final answer at all.
+WEBINSTRUCT_SUB = [
+    {"question": "How do you find the slope of the line passing through the points (2, 3) and (4, 7)?",
+     "answer": "The slope of a line through two points is the change in y over the change in x:\n\n"
+               "m = (7 - 3) / (4 - 2) = 4 / 2\n\nTherefore, the answer is 2.",
+     "source": "socratic", "index": 1043},
+    {"question": "Evaluate $\\lim_{x \\to 0} \\frac{1 - \\cos x}{x^2}$.",
+     "answer": "Using $1 - \\cos x = 2\\sin^2(x/2)$, the limit becomes\n"
+               "$$\\lim_{x\\to 0} \\frac{2\\sin^2(x/2)}{x^2} = \\frac{2}{4} = \\boxed{\\frac{1}{2}}.$$",
+     "source": "mathstackexchange", "index": 1043},
+    {"question": "Why does ice float on liquid water?",
+     "answer": "When water freezes, hydrogen bonds hold the molecules in an open hexagonal lattice, so ice "
+               "is about 9% less dense than liquid water and floats on it.",
+     "source": "socratic", "index": 77},
+]
+
+
+def test_webinstruct_sub_answers_become_noisy_responses_with_the_gold_they_state(tmp_path):
+    path = _jsonl(tmp_path / "webinstruct_sub.jsonl", WEBINSTRUCT_SUB)
+    slope, limit, ice = load_source(path, "webinstruct-sub")
+    for rec, row in zip((slope, limit, ice), WEBINSTRUCT_SUB):
+        assert rec.question == row["question"] and rec.response == row["answer"]  # the web answer, untouched
+        assert rec.reference is None and rec.critique is None and rec.verdict is None
+        assert rec.meta == {"source": "webinstruct-sub", "origin": row["source"]}
+    assert slope.gold == "2"  # "the answer is 2."
+    assert limit.gold == r"\frac{1}{2}"  # the box
+    assert ice.gold is None  # no stated answer: kept, without a gold answer, never the last number ("9")
+    # The same index on two sites is two records (the index is not documented to be unique across sites).
+    assert [r.id for r in (slope, limit, ice)] == ["socratic-1043", "mathstackexchange-1043", "socratic-77"]
+    assert guess_source(WEBINSTRUCT_SUB[0]) == "webinstruct-sub"
+    assert load_source(path) == [slope, limit, ice]
+
+
+@pytest.mark.parametrize(("text", "gold"), [
+    ("So the answer is $x = 5$.", "x = 5"),
+    ("Final answer: 12", "12"),
+    ("First $\\boxed{3}$, then corrected: $\\boxed{4}$.", "4"),
+    ("The speed is 3 m/s after 4 seconds.", None),  # numbers, but no stated answer
+])
+def test_stated_answer(text, gold):
+    assert stated_answer(text) == gold
+
+
+# --------------------------------------------------------------------------------- acemath
+
+ACEMATH = [  # AceMath-Instruct-Training-Data's shape: messages [{role, content}] and answer
+    {"messages": [{"role": "user", "content": "Find the remainder when $2^{10}$ is divided by 7."},
+                  {"role": "assistant", "content": "$2^{10} = 1024 = 7 \\cdot 146 + 2$, so the remainder is $\\boxed{2}$."}],
+     "answer": "2"},
+    {"messages": [{"role": "system", "content": "Please reason step by step."},
+                  {"role": "user", "content": "What is $\\frac{3}{4} + \\frac{1}{8}$?"},
+                  {"role": "assistant", "content": "$\\frac{6}{8} + \\frac{1}{8} = \\boxed{\\frac{7}{8}}$."}],
+     "answer": ""},
+]
+
+
+def test_acemath_chat_rows_give_reference_solutions(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "acemath.parquet"  # as the release ships it: nested message structs in parquet
+    pq.write_table(pa.Table.from_pylist(ACEMATH), path)
+    first, second = load_source(path)  # auto: a `messages` row is a chat SFT row
+    assert first.question == "Find the remainder when $2^{10}$ is divided by 7."
+    assert first.reference == ACEMATH[0]["messages"][1]["content"] and first.gold == "2"
+    assert first.response is None and first.meta == {"source": "acemath"} and first.id == "acemath-1"
+    assert second.question == "What is $\\frac{3}{4} + \\frac{1}{8}$?"  # the system turn is not the question
+    assert second.gold == r"\frac{7}{8}"  # an empty `answer`: the solution's box
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "q?"}],  # no reply
+    [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q?"}],  # no question before the reply
+    [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "  "}],
+    "q? a",
+])
+def test_acemath_row_without_a_question_and_reply_names_file_and_line(tmp_path, messages):
+    path = _jsonl(tmp_path / "chat.jsonl", [ACEMATH[0], {"messages": messages, "answer": "1"}])
+    with pytest.raises(RecordError, match=r"chat\.jsonl:2: field 'messages' "):
+        load_source(path, "acemath")
+
+
+def test_iter_source_reads_one_row_at_a_time(tmp_path):
+    """What the config check of a set's records file relies on: the first records arrive before a
+    later bad row is read."""
+    path = _jsonl(tmp_path / "w.jsonl", WEBINSTRUCT_SUB[:2] + [{"question": "no answer", "source": "x", "index": 1}])
+    rows = iter_source(path, "webinstruct-sub")
+    assert [next(rows).id, next(rows).id] == ["socratic-1043", "mathstackexchange-1043"]
+    with pytest.raises(RecordError, match=r"w\.jsonl:3: missing field 'answer'"):
+        next(rows)
 
 
 # --------------------------------------------------------------------- other mappings, auto
@@ -232,7 +332,8 @@ def test_limit_and_unknown_source(tmp_path):
     assert len(load_source(GSM8K_TRAIN, "gsm8k", limit=1)) == 1
     with pytest.raises(ValueError, match="unknown source 'nope'"):
         load_source(GSM8K_TRAIN, "nope")
-    assert set(SOURCES) == {"critkit", "gsm8k", "math", "webinstruct-cft", "gsm8k-noisy", "metamath", "numina"}
+    assert set(SOURCES) == {"critkit", "gsm8k", "math", "webinstruct-cft", "webinstruct-sub", "gsm8k-noisy", "metamath",
+                            "numina", "acemath"}
 
 
 def test_duplicate_ids_are_an_error(tmp_path):
