@@ -45,12 +45,21 @@ def collect(eval_root: Path, models: list[str], benchmarks: list[str]) -> dict:
 
 
 def write_report(eval_root: Path, models: list[str], benchmarks: list[str], out_dir: Path,
-                 base: str = "base", title: str = "critkit results", notes: list[str] = ()) -> dict:
+                 base: str = "base", title: str = "critkit results", notes: list[str] = (),
+                 selections: dict[str, dict] | None = None) -> dict:
+    """report.md / results.json / report.png for a run with one training seed.
+
+    `selections` maps a model to its checkpoint selection (selection.json, evaluation/select.py):
+    its scores are then the chosen checkpoint's, the table names that checkpoint, and
+    results.json records it with the validation accuracy of every candidate.
+    """
     results = collect(eval_root, models, benchmarks)
+    selections = selections or {}
     lines = [f"# {title}", "", "Accuracy (%) on held-out questions; Δ is the paired difference from "
              f"`{base}` with its 95% confidence interval.", ""]
-    header = "| model | " + " | ".join(benchmarks) + " | Δ vs base | critique-format | no answer |"
-    lines += [header, "|" + "---|" * (len(benchmarks) + 4)]
+    chosen = "checkpoint | " if selections else ""
+    header = f"| model | {chosen}" + " | ".join(benchmarks) + " | Δ vs base | critique-format | no answer |"
+    lines += [header, "|" + "---|" * (len(benchmarks) + 4 + bool(selections))]
     summary: dict = {}
     for model in models:
         row = results.get(model, {})
@@ -69,16 +78,56 @@ def write_report(eval_root: Path, models: list[str], benchmarks: list[str], out_
                 deltas.append((bench, d, hw, n))
         delta = "; ".join(f"{100 * d:+.1f} ± {100 * hw:.1f}" for _, d, hw, _ in deltas) if deltas else "–"
         avg = lambda xs: f"{100 * sum(xs) / len(xs):.0f}%" if xs else "–"
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {delta} | {avg(drift)} | {avg(missing)} |")
+        chosen = f"{_chosen(selections.get(model))} | " if selections else ""
+        lines.append(f"| {model} | {chosen}" + " | ".join(cells) + f" | {delta} | {avg(drift)} | {avg(missing)} |")
         summary[model] = {"scores": row, "delta_vs_base": [
             {"benchmark": b, "difference": d, "ci95_half_width": hw, "n": n, "significant": bool(abs(d) > hw)}
             for b, d, hw, n in deltas]}
-    lines += ["", *notes]
+        if model in selections:
+            summary[model]["checkpoint"] = _checkpoint_entry(selections[model])
+    lines += [*_selection_lines(selections), "", *notes]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
     _plot(results, models, benchmarks, out_dir / "report.png", title)
     return summary
+
+
+def _chosen(selection: dict | None) -> str:
+    """The table cell naming a model's chosen checkpoint, with its validation accuracy."""
+    if not selection:
+        return "–"
+    return f"{selection['best']} (val {100 * selection['scores'][selection['best']]:.1f})"
+
+
+def _checkpoint_entry(selection: dict) -> dict:
+    """What results.json records of a selection."""
+    return {"name": selection["best"], "path": selection.get("best_path"), "validation": selection["validation"],
+            "validation_n": selection.get("n"), "validation_accuracy": selection["scores"],
+            "disjoint_from": selection.get("disjoint_from", []), "tie_rule": selection.get("tie_rule", "earliest"),
+            "shared_with_train": selection.get("shared_with_train")}
+
+
+def _selection_lines(selections: dict[str, dict]) -> list[str]:
+    """The report's section on checkpoint selection: the split, the rule, every candidate's score."""
+    if not selections:
+        return []
+    first = next(iter(selections.values()))
+    checked = ", ".join(first.get("disjoint_from", [])) or "–"
+    lines = ["", "## Checkpoint selection", "",
+             f"Each trained model's test scores are those of its checkpoint with the best accuracy on the validation "
+             f"split `{first['validation']}` ({first.get('n', '?')} questions, none shared with: {checked}); on a tie "
+             f"the earliest checkpoint. Validation accuracy (%) per checkpoint, the chosen one in bold "
+             f"(`select/accuracy.png` plots it):", "", "| model | checkpoint | validation accuracy per checkpoint |", "|---|---|---|"]
+    for label, sel in selections.items():
+        cells = [f"**{name} {100 * acc:.1f}**" if name == sel["best"] else f"{name} {100 * acc:.1f}"
+                 for name, acc in sel["scores"].items()]
+        lines.append(f"| {label} | {sel['best']} | " + " · ".join(cells) + " |")
+    shared = {label: s["shared_with_train"] for label, s in selections.items() if s.get("shared_with_train")}
+    if shared:
+        lines += ["", f"Warning: {max(shared.values())} validation question(s) are also training questions; "
+                      f"a checkpoint that memorized them scores higher on validation than it should."]
+    return lines
 
 
 def _plot(results: dict, models: list[str], benchmarks: list[str], path: Path, title: str) -> None:
@@ -166,15 +215,19 @@ def _pm(values: list[float], sign: bool = False) -> str:
 
 
 def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]], benchmarks: list[str], out_dir: Path,
-                      base: str = "base", title: str = "critkit results", notes: list[str] = ()) -> dict:
+                      base: str = "base", title: str = "critkit results", notes: list[str] = (),
+                      selections: dict[str, dict] | None = None) -> dict:
     """report.md / results.json / seeds.csv / report.png for a run whose sets were trained with several seeds.
 
     `labels` maps each set to its (seed, eval folder name) pairs. Accuracy and the paired Δ vs base
     are shown as mean ± standard deviation over the seeds that finished; seeds.csv and the per-seed
-    table keep every seed's numbers with the per-seed 95% CI of Δ.
+    table keep every seed's numbers with the per-seed 95% CI of Δ. `selections` maps an eval
+    folder name (<set>@seed<k>) to its checkpoint selection, as in write_report: the per-seed
+    table and seeds.csv name each seed's chosen checkpoint, and results.json records it.
     """
     import csv
 
+    selections = selections or {}
     base_scores = collect(eval_root, [base], benchmarks).get(base, {})
     summary: dict = {base: {"scores": base_scores}}
     per_seed_rows, plot_means, plot_errs = [], {}, {}
@@ -191,7 +244,9 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
                                                  _correct_by_id(eval_root / base / bench / "samples.jsonl"))
                     deltas[bench] = {"difference": d, "ci95_half_width": hw, "n": n, "significant": bool(abs(d) > hw)}
             entry["seeds"][seed] = {"label": label, "scores": scores, "delta_vs_base": deltas}
-            per_seed_rows.append((name, seed, scores, deltas))
+            if label in selections:
+                entry["seeds"][seed]["checkpoint"] = _checkpoint_entry(selections[label])
+            per_seed_rows.append((name, seed, scores, deltas, label))
         for bench in benchmarks:
             accs = [s["scores"][bench]["accuracy"] for s in entry["seeds"].values() if bench in s["scores"]]
             diffs = [s["delta_vs_base"][bench]["difference"] for s in entry["seeds"].values() if bench in s["delta_vs_base"]]
@@ -225,27 +280,31 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
                 all_scores[f"{s['label']}/{bench}"] = sc
         lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {'; '.join(deltas) or '–'} | "
                      f"{_share(all_scores, 'critique_format')} | {_share(all_scores, 'no_answer')} |")
-    lines += ["", "## Per seed", "", "| model | seed | " + " | ".join(benchmarks) + " | Δ vs base (95% CI) |",
-              "|" + "---|" * (len(benchmarks) + 3)]
-    for name, seed, scores, deltas in per_seed_rows:
+    chosen = "checkpoint | " if selections else ""
+    lines += ["", "## Per seed", "", f"| model | seed | {chosen}" + " | ".join(benchmarks) + " | Δ vs base (95% CI) |",
+              "|" + "---|" * (len(benchmarks) + 3 + bool(selections))]
+    for name, seed, scores, deltas, label in per_seed_rows:
         cells = [f"{100 * scores[b]['accuracy']:.1f} ({scores[b]['correct']}/{scores[b]['n']})" if b in scores else "–"
                  for b in benchmarks]
         delta = "; ".join(f"{100 * d['difference']:+.1f} ± {100 * d['ci95_half_width']:.1f}" for d in deltas.values()) or "–"
-        lines.append(f"| {name} | {seed} | " + " | ".join(cells) + f" | {delta} |")
-    lines += ["", *notes]
+        chosen = f"{_chosen(selections.get(label))} | " if selections else ""
+        lines.append(f"| {name} | {seed} | {chosen}" + " | ".join(cells) + f" | {delta} |")
+    lines += [*_selection_lines(selections), "", *notes]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
     with open(out_dir / "seeds.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", "seed", "benchmark", "accuracy", "correct", "n", "delta_vs_base", "delta_ci95_half_width"])
+        writer.writerow(["model", "seed", "benchmark", "accuracy", "correct", "n", "delta_vs_base", "delta_ci95_half_width",
+                         "checkpoint"])
         for bench, s in base_scores.items():
-            writer.writerow([base, "", bench, f"{s['accuracy']:.6f}", s["correct"], s["n"], "", ""])
-        for name, seed, scores, deltas in per_seed_rows:
+            writer.writerow([base, "", bench, f"{s['accuracy']:.6f}", s["correct"], s["n"], "", "", ""])
+        for name, seed, scores, deltas, label in per_seed_rows:
             for bench, s in scores.items():
                 d = deltas.get(bench, {})
                 writer.writerow([name, seed, bench, f"{s['accuracy']:.6f}", s["correct"], s["n"],
-                                 f"{d['difference']:.6f}" if d else "", f"{d['ci95_half_width']:.6f}" if d else ""])
+                                 f"{d['difference']:.6f}" if d else "", f"{d['ci95_half_width']:.6f}" if d else "",
+                                 selections[label]["best"] if label in selections else ""])
     if base_scores:
         plot_means = {base: {b: s["accuracy"] for b, s in base_scores.items()}, **plot_means}
     plot_bars(plot_means, plot_errs, benchmarks, out_dir / "report.png", title)
