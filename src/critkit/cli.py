@@ -75,7 +75,7 @@ def cmd_stage(args) -> None:
     who = args.student if args.command == "respond" else args.teacher
     prices = load_prices(args.prices, who, args.price_prompt, args.price_completion)
     summary = run_stage(args.command, args.input, args.output, _backend(args, who), _sampling(args),
-                        style=getattr(args, "style", "cft"), prompt=getattr(args, "prompt", "cot"),
+                        style=getattr(args, "style", "cft"), prompt=getattr(args, "prompt", "plain"),
                         retry_failed=args.retry_failed, shard=parse_shard(args.shard), prices=prices)
     print(format_summary(summary))
 
@@ -118,6 +118,11 @@ def cmd_build(args) -> None:
     print(f"{args.method}: wrote {len(rows)} pairs to {args.output}")
     if skipped:
         print(f"skipped {sum(skipped.values())} records: " + ", ".join(f"{n} {why}" for why, n in skipped.most_common()))
+    if args.max_length:  # what TRL's truncation will cut, in the student's tokens (truncation.py)
+        from .engine.models import load_tokenizer
+        from .training.truncation import count_truncation
+
+        print(count_truncation(rows, load_tokenizer(args.model), args.max_length).line(args.model))
 
 
 def _train_config_from_args(args):
@@ -138,9 +143,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_estimate(args) -> None:
-    from .training.estimate import estimate, format_estimate
+    from .training.estimate import estimate, format_estimate, run_launch
 
-    print(format_estimate(estimate(_train_config_from_args(args), devices=args.devices)))
+    cfg = _train_config_from_args(args)
+    launch = args.launch if args.launch is not None else run_launch(args.config)
+    print(format_estimate(estimate(cfg, devices=args.devices, launch=None if launch == "none" else launch)))
 
 
 def cmd_configs(args) -> None:
@@ -195,21 +202,56 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from .report.html import write_html_report
     from .report.tables import write_collection
 
     table = write_collection([Path(r) for r in args.runs], Path(args.output), title=args.title)
     print((Path(args.output) / "table.md").read_text())
     print(f"wrote {args.output}/table.md, table.csv, table.png ({len(table['models'])} models)")
+    for run in args.runs:  # each run's own page: its tables, synthesis statistics and samples
+        print(f"wrote {write_html_report(run, samples=args.html_samples, seed=args.seed)}")
+
+
+def cmd_view(args) -> None:
+    from .report.view import view
+
+    try:
+        view(args.run_dir, port=args.port)
+    except OSError as exc:  # no such folder, or the port is taken
+        raise SystemExit(f"critkit: error: {exc}") from None
 
 
 def cmd_select(args) -> None:
-    from .evaluation.select import select_checkpoints
+    """With the run's own evaluation settings (its config.yaml) unless flags change them, so the
+    choice, and the outputs it caches under select/, are those `critkit run` with select: true makes."""
+    import dataclasses
 
-    choice = select_checkpoints(Path(args.run_dir), args.method, validation=args.validation, limit=args.limit,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    for method, c in choice.items():
+    import yaml
+
+    from .config import ConfigError
+    from .engine.backends import Sampling, make_backend
+    from .evaluation.select import select_checkpoints
+    from .run import RunConfig, evaluation_backend, evaluation_sampling, validation_tests
+
+    run_dir = Path(args.run_dir)
+    flags = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size)) if v is not None}
+    if (run_dir / "config.yaml").exists():
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = RunConfig(**{k: v for k, v in raw.items() if k in RunConfig.__dataclass_fields__})
+        cfg = dataclasses.replace(cfg, output_dir=str(run_dir), eval={**cfg.eval, **flags})
+        sampling, tests = evaluation_sampling(cfg), validation_tests(cfg)
+        load = lambda path: evaluation_backend(cfg, path)  # noqa: E731
+    else:
+        sampling, tests = Sampling(max_new_tokens=flags.get("max_new_tokens", 512)), []
+        load = lambda path: make_backend(path, "transformers", batch_size=flags.get("batch_size", 32))  # noqa: E731
+    try:
+        choice = select_checkpoints(run_dir, args.method, validation=args.validation, limit=args.limit, sampling=sampling,
+                                    load=load, tests=tests)
+    except (ValueError, FileNotFoundError) as exc:  # a validation split that leaks; no split or no checkpoint
+        raise ConfigError(str(exc)) from None
+    for label, c in choice.items():
         scores = ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in c["scores"].items())
-        print(f"{method}: best {c['best']} ({scores}); written to {c['path']}")
+        print(f"{label}: best {c['best']} ({scores}); written to {c['path']}")
 
 
 def cmd_serve(args) -> None:
@@ -274,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="convert a source file (or the demo task) to records")
     p.add_argument("source", help="a data file, or 'demo' for the generated demo task")
     p.add_argument("--output", "-o", required=True, help="records file (.jsonl/.parquet/folder), or a folder for demo")
-    p.add_argument("--format", default="auto", help="source mapping: auto, gsm8k, math, webinstruct-cft, gsm8k-noisy, metamath, numina, critkit")
+    p.add_argument("--format", default="auto", help="source mapping: auto, gsm8k, math, webinstruct-cft, webinstruct-sub, gsm8k-noisy, metamath, numina, acemath, critkit")
     p.add_argument("--limit", type=int)
     p.add_argument("--train", type=int, default=96, help="demo: train problems")
     p.add_argument("--test", type=int, default=96, help="demo: test problems")
@@ -291,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_flags(p)
         if name == "respond":
             _add_model_flags(p, "student", "embedded")
-            p.add_argument("--prompt", default="cot", choices=["cot", "base"], help="cot: Qwen2.5-Math chat prompt; base: 'Question: ...\\n\\nAnswer:'")
+            p.add_argument("--prompt", default="plain", choices=["plain", "cot", "base"],
+                           help="plain (default, as the CGD code): the question as the only message; cot: Qwen2.5-Math "
+                                "system prompt + question; base: 'Question: ...\\n\\nAnswer:' for base models")
         else:
             _add_model_flags(p, "teacher", "reference")
         if name == "critique":
@@ -304,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--verified-only", action="store_true",
                    help="keep only records whose teacher verdict agrees with math-verify's grade of the response")
+    p.add_argument("--max-length", type=int, help="also count the pairs that training's truncation at this many tokens "
+                                                  "(sft.max_length) cuts before their last line, or drops")
+    p.add_argument("--model", default="embedded", help="with --max-length: the student whose tokenizer and chat template count")
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("merge", help="join the outputs of `--shard i/n` runs, refusing missing or overlapping shards")
@@ -327,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="memory and time a training config needs, before loading any weights")
     p.add_argument("config", nargs="?", help="YAML config or packaged name")
     p.add_argument("overrides", nargs="*", help="as for train, e.g. data=pairs.jsonl per_device_train_batch_size=4")
-    p.add_argument("--devices", type=int, help="GPUs the run will use (default: WORLD_SIZE or 1)")
+    p.add_argument("--devices", type=int, help="GPUs the run will use (default: the launch's num_processes, WORLD_SIZE or 1)")
+    p.add_argument("--launch", help="accelerate config the training runs under (e.g. accelerate/zero3; 'none': one "
+                                    "process); default: a run config's `launch`. It decides the precision scheme")
     p.set_defaults(fn=cmd_estimate)
 
     p = sub.add_parser("configs", help="list the packaged configs, or print one: critkit configs accelerate/zero3 > zero3.yaml")
@@ -364,15 +413,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (each with eval/<model>/<benchmark>/scores.json)")
     p.add_argument("--output", "-o", default="runs/report")
     p.add_argument("--title", default="critkit results")
+    p.add_argument("--html-samples", type=int, default=500, help="report.html: rows per set (synthesis, each benchmark) "
+                   "it holds, a sample drawn with --seed; `critkit view` shows every row")
+    p.add_argument("--seed", type=int, default=0, help="seed of report.html's sample of rows")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("view", help="browse a run's report and every sample row on http://127.0.0.1:PORT/")
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(fn=cmd_view)
 
     p = sub.add_parser("select", help="evaluate every saved checkpoint on a validation split and keep the best")
     p.add_argument("run_dir")
-    p.add_argument("--method", help="one method's checkpoints (default: every method of the run)")
+    p.add_argument("--method", help="one set's checkpoints, every seed of it (default: every set of the run)")
     p.add_argument("--validation", help="records .jsonl or spec; default: the run's records/validation.jsonl")
     p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens (512 without a config.yaml)")
+    p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size (32 without a config.yaml)")
     p.set_defaults(fn=cmd_select)
 
     p = sub.add_parser("serve", help="OpenAI-compatible chat server for a local model (loopback, for tests and laptops)")

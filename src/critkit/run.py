@@ -9,6 +9,8 @@ length-matched and right/wrong sets (see mixtures.py). With `seeds: N` every set
 times, with training seeds seed, seed+1, ...; the data and the synthesis are those of `seed`, and
 the report shows mean and standard deviation over the seeds. Folders: one seed keeps
 models/<set>/ and eval/<set>/; several use models/<set>/seed<k>/ and eval/<set>@seed<k>/.
+With `select: true` a `select <set>` step between training and evaluation picks each set's (and
+seed's) checkpoint with the best validation accuracy, and the evaluation is that checkpoint's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 from .engine.backends import Sampling, make_backend
-from .training.mixtures import Shortfall, TrainingSet, build_set, parse_sets, stages_needed
+from .training.mixtures import Shortfall, TrainingSet, build_set, check_records_files, parse_sets, stages_needed
 from .data.records import read_records, write_jsonl, write_records
 from .config import ConfigError, apply_overrides, load_yaml
 from .training.train import train
@@ -58,6 +60,14 @@ class RunConfig:
     # Train under `accelerate launch --config_file LAUNCH` (a path, or a packaged name such as
     # accelerate/zero3); data, synthesis and evaluation stay in this one process. null: in-process.
     launch: str | None = None
+    # report.html_samples: rows per set (synthesis, each benchmark) that report.html holds, a sample
+    # drawn with `seed` (default 500); `critkit view RUN_DIR` browses every row.
+    report: dict[str, Any] = field(default_factory=dict)
+    # Checkpoint selection (CFT "Training Details": the best checkpoint on a validation set): every
+    # saved checkpoint of each set and seed is evaluated on the validation split (data.validation
+    # or data.demo.validation, checked to share no question with any test set), and the test
+    # scores are the best one's (evaluation/select.py). Needs train.sft.save_strategy.
+    select: bool = False
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -76,19 +86,42 @@ def check_run_config(cfg: RunConfig, where: str = "run config") -> list[Training
     """Everything that can be checked before a model is loaded; returns the training sets."""
     try:
         sets = parse_sets(cfg.methods)
+        check_records_files(sets)  # a set's own records file (mixtures.py `records`): there, and usable
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if not isinstance(cfg.seeds, int) or isinstance(cfg.seeds, bool) or cfg.seeds < 1:
         raise ConfigError(f"{where}: seeds: expected a whole number >= 1, got {cfg.seeds!r}")
     if cfg.launch is not None:
         launch_config_path(cfg.launch)
+    if not isinstance(cfg.report, dict):
+        raise ConfigError(f"{where}: report: expected a mapping such as {{html_samples: 500}}, got {cfg.report!r}")
+    samples = cfg.report.get("html_samples", 0)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"{where}: report.html_samples: expected a whole number >= 0, got {samples!r}")
     for key, allowed in (("responses", RESPONSES), ("critiques", CRITIQUES)):
         value = cfg.synth.get(key, allowed[0])
         if value not in allowed:
             raise ConfigError(f"{where}: synth.{key}: expected one of {', '.join(allowed)}, got {value!r}")
     # Check the training section now, before any model is loaded.
     validate(_train_config(cfg, "check"), check_data=False)
+    _check_select(cfg, where)
     return sets
+
+
+def _check_select(cfg: RunConfig, where: str) -> None:
+    """`select: true` needs a validation split and saved checkpoints; say so before training."""
+    if not isinstance(cfg.select, bool):
+        raise ConfigError(f"{where}: select: expected true or false, got {cfg.select!r}")
+    if not cfg.select:
+        return
+    demo = "demo" in (cfg.data.get("train"), cfg.data.get("test"))
+    source = cfg.data.get("validation", "demo" if demo else None)
+    if not source or (source == "demo" and not (demo and (cfg.data.get("demo") or {}).get("validation"))):
+        raise ConfigError(f"{where}: select: true needs a validation split: data.validation (a file of questions with gold "
+                          f"answers that no test set contains) or, with demo data, data.demo.validation")
+    if cfg.train.get("sft", {}).get("save_strategy", "no") == "no":
+        raise ConfigError(f"{where}: select: true chooses among saved checkpoints, and train.sft.save_strategy is 'no': "
+                          f"set it to steps (with save_steps) or epoch")
 
 
 def _discarded(cfg: RunConfig) -> dict[str, tuple[str, ...]]:
@@ -188,7 +221,9 @@ def load_data(cfg: RunConfig, root: Path) -> None:
         if source == "demo":
             records = demo.get(split, [])
         else:
-            records = load_source(source, data.get("source", "auto"), data.get(f"limit_{split}"))
+            # data.<split>_source: that split's own mapping, e.g. a validation set with gold answers
+            # for training data without them (WebInstruct-CFT in the CFT recipes).
+            records = load_source(source, data.get(f"{split}_source", data.get("source", "auto")), data.get(f"limit_{split}"))
         if records:
             write_records(root / "records" / f"{split}.jsonl", records)
 
@@ -249,6 +284,7 @@ def _trained(final: Path) -> bool:
 def run(cfg: RunConfig) -> dict:
     from .synth import stages as synth
     from .evaluation.evaluate import evaluate
+    from .evaluation.select import holds_model, record_model, set_aside
     from .report.tables import write_report, write_seed_report
 
     sets = check_run_config(cfg)
@@ -267,6 +303,7 @@ def run(cfg: RunConfig) -> dict:
 
     step("data", (root / "records" / "train.jsonl").exists(), lambda: load_data(cfg, root))
     check_data(cfg, sets, read_records(root / "records" / "train.jsonl"))
+    checked = _check_validation(cfg, root) if cfg.select else {}  # before any training: a leak stops the run
 
     def teacher():
         if "teacher" not in cache:
@@ -283,7 +320,8 @@ def run(cfg: RunConfig) -> dict:
     needed = stages_needed(sets)
     discard = _discarded(cfg)
     stages = [
-        ("respond", "response", lambda recs: synth.respond(recs, student(), _sampling(student_opts, cfg.seed, max_new_tokens=128))),
+        ("respond", "response", lambda recs: synth.respond(recs, student(), _sampling(student_opts, cfg.seed, max_new_tokens=128),
+                                                           prompt=student_opts.get("prompt", "plain"))),
         ("critique", "critique", lambda recs: synth.critique(
             recs, teacher(), _sampling(teacher_opts, cfg.seed, temperature=0.3, top_p=0.95, max_new_tokens=1024), style=style)),
         ("refine", "refined", lambda recs: synth.refine(recs, teacher(), _sampling(teacher_opts, cfg.seed, max_new_tokens=1024))),
@@ -313,16 +351,20 @@ def run(cfg: RunConfig) -> dict:
 
     # Build, train and evaluate each set; the base model is evaluated first.
     bench_paths, bench_names = benchmarks(cfg)
-    eval_sampling = _sampling(cfg.eval, cfg.seed, max_new_tokens=64)
+    eval_sampling = evaluation_sampling(cfg)
     eval_root = root / "eval"
 
-    def evaluated(name: str) -> bool:
+    def evaluated(name: str, model: Path | None = None, final: Path | None = None) -> bool:
+        # eval/<name> of another model than `model` (e.g. the final model, before `select` was
+        # turned on, or the checkpoint chosen before more were saved) is moved aside, not reused.
+        if model is not None and (eval_root / name).exists() and not holds_model(eval_root / name, model, legacy=final):
+            print(f"[critkit] eval/{name} holds another model's outputs: moved to "
+                  f"{set_aside(eval_root / name, root / 'eval-replaced')}", flush=True)
         return all((eval_root / name / b / "scores.json").exists() for b in bench_names)
 
     def eval_model(name: str, model_path: str):
-        # eval.backend: "transformers" (default) or "vllm" on GPUs.
-        backend = make_backend(model_path, cfg.eval.get("backend", "transformers"), batch_size=cfg.eval.get("batch_size", 64),
-                               tensor_parallel_size=cfg.eval.get("tensor_parallel_size"))
+        record_model(eval_root / name, model_path)
+        backend = evaluation_backend(cfg, model_path)
         backend.name = name
         try:
             for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
@@ -359,13 +401,18 @@ def run(cfg: RunConfig) -> dict:
             try:
                 built = build_set(spec, synthesized(), seed=cfg.seed, lengths=token_lengths)
                 info = {"spec": spec_dict, "pairs": [len(rows) for rows in built.stages], "skipped": dict(built.skipped),
-                        "notes": built.notes, "stats": built.stats}
+                        "notes": built.notes, "stats": built.stats, "parts": built.parts}
                 stage_rows = built.stages
             except Shortfall as exc:
                 info = {"spec": spec_dict, "pairs": [0] * len(files), "shortfall": f"{spec.name}: {exc}"}
                 stage_rows = [[] for _ in files]
             for path, rows in zip(files, stage_rows):
                 write_jsonl(path, rows)
+            if "shortfall" not in info:  # what train.sft.max_length will cut, in the student's tokens
+                from .training.truncation import truncation_notes
+
+                info["truncation"], cut = truncation_notes(spec.name, stage_rows, _train_config(cfg, spec.name))
+                info["notes"] = info["notes"] + cut
             (root / "pairs" / f"{spec.name}.build.json").write_text(json.dumps(info, indent=1))
             skipped = info.get("skipped", {})
             why = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
@@ -383,7 +430,8 @@ def run(cfg: RunConfig) -> dict:
         for seed in seeds:
             label = _label(spec.name, seed, seeds)
             final = _train_set(cfg, spec, files, seed, seeds, step)
-            step(f"eval {label}", evaluated(label), lambda label=label, final=final: eval_model(label, str(final)))
+            model = _select(cfg, label, final.parent, step, checked) if cfg.select else final
+            step(f"eval {label}", evaluated(label, model, final), lambda label=label, model=model: eval_model(label, str(model)))
 
     from .training.curves import plot_run_losses
 
@@ -393,14 +441,27 @@ def run(cfg: RunConfig) -> dict:
         notes.append("Training loss per step: `loss.png` (and `models/<set>/loss.png`; TensorBoard event files "
                       "in `models/<set>/runs/` when tensorboard is installed).")
     title = f"critkit: {cfg.name}"
+    chosen = _selections(cfg, sets, seeds)
     if len(seeds) == 1:
         summary = step("report", False, lambda: write_report(eval_root, ["base", *(s.name for s in sets)], bench_names, root,
-                                                             title=title, notes=notes))
+                                                             title=title, notes=notes, selections=chosen))
     else:
         labels = {s.name: [(k, _label(s.name, k, seeds)) for k in seeds] for s in sets}
-        summary = step("report", False, lambda: write_seed_report(eval_root, labels, bench_names, root, title=title, notes=notes))
+        summary = step("report", False, lambda: write_seed_report(eval_root, labels, bench_names, root, title=title, notes=notes,
+                                                                  selections=chosen))
     print((root / "report.md").read_text(), flush=True)
+    _write_html(cfg, root, title)  # with the report, not a step of its own: steps.jsonl keeps one entry per report
     return summary
+
+
+def _write_html(cfg: RunConfig, root: Path, title: str) -> None:
+    from .report.html import DEFAULT_SAMPLES, write_html_report
+
+    try:
+        path = write_html_report(root, samples=cfg.report.get("html_samples", DEFAULT_SAMPLES), seed=cfg.seed, title=title)
+        print(f"[critkit] wrote {path} (every sample: critkit view {root})", flush=True)
+    except Exception as exc:  # a page over finished results must not fail the run that made them
+        print(f"[critkit] report.html not written: {type(exc).__name__}: {exc}", flush=True)
 
 
 def _train_set(cfg: RunConfig, spec: TrainingSet, files: list[Path], seed: int, seeds: list[int], step) -> Path:
@@ -429,6 +490,80 @@ def _train_set(cfg: RunConfig, spec: TrainingSet, files: list[Path], seed: int, 
         step(title, done, lambda tcfg=tcfg: train(tcfg) if not cfg.launch else launch_training(tcfg, cfg.launch))
         model = str(((out / "merged") if merge else final).resolve())
     return final
+
+
+def evaluation_sampling(cfg: RunConfig) -> Sampling:
+    """How every model of the run is evaluated, on the test sets and on the validation split."""
+    return _sampling(cfg.eval, cfg.seed, max_new_tokens=64)
+
+
+def evaluation_backend(cfg: RunConfig, model_path: str):
+    # eval.backend: "transformers" (default) or "vllm" on GPUs.
+    return make_backend(model_path, cfg.eval.get("backend", "transformers"), batch_size=cfg.eval.get("batch_size", 64),
+                        tensor_parallel_size=cfg.eval.get("tensor_parallel_size"))
+
+
+def validation_tests(cfg: RunConfig) -> list[str]:
+    """What the validation split must not share a question with: every built-in benchmark, the
+    run's evaluation sets and its own test split."""
+    from .evaluation.benchmarks import BENCHMARKS
+
+    own_test = Path(cfg.output_dir) / "records" / "test.jsonl"
+    paths = [p for p in benchmarks(cfg)[0] if p in BENCHMARKS or Path(p).exists()]
+    return list(dict.fromkeys([*BENCHMARKS, *paths, *([str(own_test)] if own_test.exists() else [])]))
+
+
+def _check_validation(cfg: RunConfig, root: Path) -> dict:
+    """The validation split exists and shares no question with a test set (else the run stops
+    here, before training); how many questions it shares with the training records is reported."""
+    from .evaluation.select import check_disjoint, shared_questions
+
+    validation = root / "records" / "validation.jsonl"
+    if not validation.exists():
+        raise ConfigError(f"select: true, and data.validation ({cfg.data.get('validation', 'demo')}) gave no usable "
+                          f"record in {validation}")
+    try:
+        checked = check_disjoint(str(validation), validation_tests(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"select: {exc}") from None
+    shared = shared_questions(str(validation), [r.question for r in read_records(root / "records" / "train.jsonl")])
+    if shared:
+        print(f"[critkit] warning: {shared} validation question(s) are also training questions (data.validation should "
+              f"hold questions the sets are not trained on)", flush=True)
+    return {"disjoint_from": checked, "shared_with_train": shared}
+
+
+def _select(cfg: RunConfig, label: str, folder: Path, step, checked: dict) -> Path:
+    """Step `select <label>`: the checkpoint of `folder` with the best validation accuracy
+    (evaluation/select.py), evaluated with the run's evaluation settings. Done when the folder's
+    selection.json was made on the same split and settings over the checkpoints there now."""
+    from .evaluation.select import current_selection, select_checkpoint
+
+    root = Path(cfg.output_dir)
+    validation, sampling = str(root / "records" / "validation.jsonl"), evaluation_sampling(cfg)
+    step(f"select {label}", current_selection(folder, validation, sampling) is not None,
+         lambda: select_checkpoint(folder, label, validation, root / "select" / label, lambda path: evaluation_backend(cfg, path),
+                                   sampling, **checked))
+    chosen = current_selection(folder, validation, sampling)
+    print(f"  {label}: {chosen['best']} chosen ({100 * chosen['scores'][chosen['best']]:.1f}% on validation)", flush=True)
+    return folder / chosen["best"]
+
+
+def _selections(cfg: RunConfig, sets: list[TrainingSet], seeds: list[int]) -> dict[str, dict]:
+    """{eval label: selection.json} of every set and seed that was selected; plots them."""
+    from .evaluation.select import plot_selections
+
+    if not cfg.select:
+        return {}
+    root, found = Path(cfg.output_dir), {}
+    for spec in sets:
+        for seed in seeds:
+            path = root / "models" / spec.name / (f"seed{seed}" if len(seeds) > 1 else "") / "selection.json"
+            if path.exists():
+                found[_label(spec.name, seed, seeds)] = json.loads(path.read_text())
+    if found:
+        plot_selections(found, root / "select" / "accuracy.png")
+    return found
 
 
 def launch_config_path(launch: str) -> str:
