@@ -235,3 +235,26 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_a_json_file_holding_one_array_reads_as_rows(tmp_path):
+    """The released WebInstruct-CFT files are one JSON array, not JSON lines."""
+    from critkit.data.records import read_rows
+    from critkit.data.sources import load_source
+
+    rows = [{"instruction": "Please critique whether the following solution to the question is correct.",
+             "input": f"Question:\nWhat is {i} + 1?\n\nSolution:\n{i + 1}", "output": f"Right.\nConclusion: right [END]"}
+            for i in range(3)]
+    path = tmp_path / "WebInstruct-CFT-3.json"
+    path.write_text(json.dumps(rows, indent=2))
+    assert [n for n, _ in read_rows(path)] == [1, 2, 3]
+    records = load_source(path, "webinstruct-cft")
+    assert [r.question for r in records] == [f"What is {i} + 1?" for i in range(3)] and records[0].verdict == "right"
+    # JSON lines in a .json file still read line by line; an array of non-objects names the element.
+    lines = tmp_path / "lines.json"
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    assert len(list(read_rows(lines))) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"a": 1}, 7]')
+    with pytest.raises(RecordError, match=r"bad.json:2: element 2: expected a JSON object, got int"):
+        list(read_rows(bad))

@@ -128,6 +128,8 @@ def _format(path: Path) -> str:
     if path.is_dir():
         return "hf"
     suffix = path.suffix.lower()
+    if suffix == ".json" and _starts_with_bracket(path):
+        return "json-array"
     if suffix in (".jsonl", ".json"):
         return "jsonl"
     if suffix == ".parquet":
@@ -135,8 +137,27 @@ def _format(path: Path) -> str:
     raise RecordError(path, None, f"unknown file type '{suffix}': use .jsonl, .parquet or a saved HF dataset folder")
 
 
+def _starts_with_bracket(path: Path) -> bool:
+    """A .json file that holds one JSON array (the released WebInstruct-CFT files) rather than lines."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def _json_array(path: Path) -> list:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(path, exc.lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rows, list):
+        raise RecordError(path, None, f"expected a JSON array of objects, got {type(rows).__name__}")
+    return rows
+
+
 def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(row number, dict) from JSONL, parquet or a `datasets.save_to_disk` folder."""
+    """(row number, dict) from JSONL, a .json array, parquet or a `datasets.save_to_disk` folder.
+
+    Row numbers are line numbers for JSONL and 1-based element numbers for a JSON array."""
     path = Path(path)
     if not path.exists():
         raise RecordError(path, None, "file not found")
@@ -146,6 +167,13 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             # Checked here, not only in Record.from_dict: every source mapping indexes rows as dicts.
             if not isinstance(row, dict):
                 raise RecordError(path, number, f"expected a JSON object, got {type(row).__name__}")
+            yield number, row
+        return
+    if kind == "json-array":
+        rows = _json_array(path)
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise RecordError(path, number, f"element {number}: expected a JSON object, got {type(row).__name__}")
             yield number, row
         return
     if kind == "parquet":
