@@ -4,14 +4,14 @@
 - `VLLMBackend`: vLLM in the same process, for GPUs (`critkit[vllm]`).
 - `OpenAIBackend`: any OpenAI-compatible /v1/chat/completions server (vLLM, SGLang, hosted APIs).
   The API key is read from an environment variable and never written anywhere. Each request is
-  retried on 429, 5xx, timeouts, broken connections and garbled replies (exponential backoff with
-  full jitter, honouring Retry-After), and requests-per-minute / tokens-per-minute limits are kept
-  by token buckets.
+  retried on 429, 5xx, timeouts, broken connections, garbled replies and replies without an
+  answer (exponential backoff with full jitter, honouring Retry-After), and requests-per-minute /
+  tokens-per-minute limits are kept by token buckets.
 
 Both return, for each conversation, a list of `sampling.n` completions. `generate` raises on the
 first request that fails for good; `generate_each` never raises for one request: it reports a
 `Reply` (texts and token usage, or an error string) per conversation, as each one finishes, which
-is what a long synthesis job needs to keep going and to record failures.
+is what a long synthesis job or evaluation needs to keep going and to record failures.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["Sampling", "TransformersBackend", "VLLMBackend", "OpenAIBackend", "make_backend", "BackendError", "Reply", "RateLimiter"]
+__all__ = ["Sampling", "TransformersBackend", "VLLMBackend", "OpenAIBackend", "make_backend", "BackendError", "Reply", "RateLimiter",
+           "vllm_sampling", "vllm_lora_rank", "vllm_prompt_errors", "vllm_reply"]
 
 Messages = list[dict[str, str]]
 
@@ -151,7 +152,7 @@ class TransformersBackend:
     """
 
     def __init__(self, model: str, batch_size: int = 32, dtype: str = "auto", progress: bool = True,
-                 stop_at_answer: bool = False):
+                 stop_at_answer: bool = False, kv_cache_gib: float | None = None):
         from .end_tokens import end_token_ids
         from .generation import prepack_cpu_linears
         from .models import load_model, load_tokenizer
@@ -168,11 +169,20 @@ class TransformersBackend:
         self.end_ids = end_token_ids(self.tokenizer, self.model.generation_config.eos_token_id,
                                      self.model.config.get_text_config().eos_token_id)
         self.batch_size = batch_size
+        # The decoder's key/value cache bound (generation.py): null sizes it from free memory.
+        self.kv_cache_bytes = int(kv_cache_gib * 1024 ** 3) if kv_cache_gib else None
         self.progress = progress
         self.generated_tokens = 0
 
     def render(self, conversation: Messages) -> str:
         return render_chat(self.tokenizer, conversation)
+
+    def close(self) -> None:
+        """Free the model's memory now (the next phase of a run may need the GPU, or vLLM all of it)."""
+        from .models import release_memory
+
+        self.model = None
+        release_memory()
 
     def _each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult, desc: str) -> None:
         """Generate for every conversation; `on_result(i, reply)` as each one ends."""
@@ -180,6 +190,8 @@ class TransformersBackend:
 
         from .generation import decode
 
+        if self.model is None:
+            raise BackendError(f"{self.name}: this backend was closed")
         prompts = [chat_ids(self.tokenizer, c) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long ones start early
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
@@ -206,7 +218,7 @@ class TransformersBackend:
             decode(self.model, self.tokenizer, [prompts[i] for i in order], sampling.max_new_tokens, rows=self.batch_size,
                    samples=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                    stop=tuple(sampling.stop), stop_at_answer=self.stop_at_answer, on_done=done, on_error=failed,
-                   end_ids=self.end_ids)
+                   end_ids=self.end_ids, cache_bytes=self.kv_cache_bytes)
         finally:
             bar.close()
 
@@ -252,8 +264,14 @@ class VLLMBackend:
     Prompts are rendered by the model's chat template here, exactly as `TransformersBackend` does,
     and handed to vLLM as token ids, so both backends read the same tokens. A LoRA adapter folder
     runs on its base model through vLLM's LoRA support, without merging. `stop_at_answer` is not
-    needed at vLLM's speed and is ignored. Not exercised in this repository's tests (they run on
-    CPU, where vLLM is not installed); only the missing-install error and the sampling translation are.
+    needed at vLLM's speed and is ignored.
+
+    Where vLLM refuses what the transformers backend accepts, the request is shaped first (the
+    rules are those of vLLM's sources, cited at each helper): greedy sampling with n > 1 asks for
+    one completion and repeats it (`vllm_sampling`); a prompt vLLM would refuse for its length
+    fails alone instead of failing the whole batch (`vllm_prompt_errors`); an adapter's rank is
+    rounded up to a max_lora_rank vLLM accepts (`vllm_lora_rank`). Those helpers are tested here;
+    vLLM itself is not installed in this repository's tests (CPU only).
     """
 
     def __init__(self, model: str, dtype: str = "auto", progress: bool = True, tensor_parallel_size: int | None = None,
@@ -281,11 +299,14 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             config = json.loads(adapter.read_text())
-            options.update(enable_lora=True, max_lora_rank=max(16, int(config.get("r", 16))))
+            options.update(enable_lora=True, max_lora_rank=vllm_lora_rank(int(config.get("r", 16))))
             self._lora = LoRARequest("critkit-adapter", 1, str(path))
             path = Path(resolve_model(config["base_model_name_or_path"]))
         self._vllm = vllm
         self.llm = vllm.LLM(model=str(path), **options)
+        engine = self.llm.llm_engine
+        # The context vLLM settled on (the config's max_model_len, or the model's own, or what fits).
+        self.max_model_len = int((getattr(engine, "model_config", None) or engine.vllm_config.model_config).max_model_len)
         # vLLM stops on the EOS fields only; a Qwen2.5 base model's say <|endoftext|> while the chat
         # template closes turns with <|im_end|> (see end_tokens.py), so the turn's end is added.
         self.end_ids = end_token_ids(self.tokenizer, *configured_eos_ids(str(path)))
@@ -296,20 +317,25 @@ class VLLMBackend:
 
     def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
                       desc: str = "generate") -> list[Reply]:
-        prompts = [{"prompt_token_ids": chat_ids(self.tokenizer, c)} for c in conversations]
+        if self.llm is None:
+            raise BackendError(f"{self.name}: this backend was closed")
+        prompts = [chat_ids(self.tokenizer, c) for c in conversations]
+        replies: list[Reply | None] = [None] * len(prompts)
+        for i, error in vllm_prompt_errors([len(p) for p in prompts], self.max_model_len).items():
+            replies[i] = Reply(error=error)
+        send = [i for i, reply in enumerate(replies) if reply is None]
         params = self._vllm.SamplingParams(**vllm_sampling(sampling, self.end_ids))
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=self.progress, lora_request=self._lora)
-        except Exception as exc:  # noqa: BLE001 - one engine call for all prompts: each gets the error
-            replies = [Reply(error=f"{type(exc).__name__}: {exc}") for _ in prompts]
+            outputs = self.llm.generate([{"prompt_token_ids": prompts[i]} for i in send], params,
+                                        use_tqdm=self.progress, lora_request=self._lora) if send else []
+        except Exception as exc:  # noqa: BLE001 - one engine call for the prompts sent: each gets the error
+            for i in send:
+                replies[i] = Reply(error=f"{type(exc).__name__}: {exc}")
         else:
-            replies = []
-            for prompt, output in zip(prompts, outputs):
-                tokens = sum(len(c.token_ids) for c in output.outputs)
-                self.generated_tokens += tokens
-                replies.append(Reply(texts=[c.text.strip() for c in output.outputs],
-                                     finish_reasons=[str(c.finish_reason) for c in output.outputs],
-                                     usage={"prompt_tokens": len(prompt["prompt_token_ids"]), "completion_tokens": tokens}))
+            for i, output in zip(send, outputs):
+                completions = [(c.text, len(c.token_ids), str(c.finish_reason)) for c in output.outputs]
+                replies[i] = vllm_reply(len(prompts[i]), completions, sampling.n)
+                self.generated_tokens += replies[i].usage["completion_tokens"]
         for i, reply in enumerate(replies):
             if on_result:
                 on_result(i, reply)
@@ -323,26 +349,92 @@ class VLLMBackend:
         return [r.texts for r in replies]
 
     def close(self) -> None:
-        """Free the GPU memory, so that the next model of a run can load in the same process."""
-        import gc
+        """Free the GPU, so that the next model of a run can load (vLLM's own start-up check refuses
+        to start while another engine's memory is still held).
 
-        import torch
+        Dropping the LLM object is not enough: vLLM's V1 engine runs in its own process (the
+        engine core), which holds the weights and the KV cache until it is shut down, and the
+        front end's objects sit in reference cycles.
+        """
+        from .models import release_memory
 
-        del self.llm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)  # LLM.shutdown(), in vLLM releases that have it
+        if callable(shutdown):
+            shutdown()
+        else:
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if core is not None:
+                core.shutdown()  # stops the engine-core process (V1), or the in-process core's executor
+        try:  # tensor-parallel groups, which a later engine would otherwise find already set up
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - these moved between vLLM releases; the engine itself is down
+            pass
+        del llm
+        release_memory()
+
+
+# vLLM's accepted max_lora_rank values: `MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]`
+# in vllm/config/lora.py. Any other value fails LoRAConfig's validation inside LLM().
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The max_lora_rank to start vLLM with for an adapter of rank `r`: the smallest it accepts that
+    holds r (r = 24 gives 32; `max(16, r)` gave 24, which LLM() refuses)."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise BackendError(f"LoRA rank {r} is over vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}): "
+                       f"evaluate the merged model instead (train.merge_adapter)")
+
+
+def vllm_prompt_errors(lengths: list[int], max_model_len: int) -> dict[int, str]:
+    """{index: reason} for the prompts vLLM would refuse for their length, checked before the
+    engine sees them: `LLM.generate` adds its requests one by one and, at the first refused one,
+    aborts those it added and raises, so one long prompt would fail the whole batch.
+
+    vLLM's InputProcessor._validate_prompt_len refuses a decoder prompt longer than max_model_len,
+    and one of exactly max_model_len tokens for generation (no room for one output token). A
+    prompt that fits but leaves less room than max_tokens is accepted and stops at max_model_len
+    (finish reason "length"), as the transformers backend's stop at the model's positions does.
+    """
+    return {i: f"prompt of {n:,} tokens leaves no room for an answer within vLLM's max_model_len of {max_model_len:,} "
+               f"(raise eval.max_model_len, or shorten the prompt)"
+            for i, n in enumerate(lengths) if n >= max_model_len}
+
+
+def vllm_reply(prompt_tokens: int, completions: list[tuple[str, int, str]], n: int) -> Reply:
+    """A Reply from vLLM's completions (text, generated tokens, finish reason) for one prompt.
+
+    Greedy requests ask vLLM for one completion (`vllm_sampling`); it stands for all n, as the n
+    identical greedy completions the transformers backend returns. Usage counts the tokens vLLM
+    generated.
+    """
+    generated = sum(tokens for _, tokens, _ in completions)
+    if len(completions) == 1 and n > 1:
+        completions = completions * n
+    return Reply(texts=[text.strip() for text, _, _ in completions], finish_reasons=[reason for _, _, reason in completions],
+                 usage={"prompt_tokens": prompt_tokens, "completion_tokens": generated})
 
 
 def vllm_sampling(sampling: Sampling, end_ids=()) -> dict:
     """vLLM's SamplingParams for critkit's Sampling (greedy when temperature is 0).
 
     `end_ids` (end_tokens.end_token_ids) become `stop_token_ids`: vLLM ends a sequence there and,
-    like critkit's decoder, leaves the token out of the text.
+    like critkit's decoder, leaves the token out of the text. Greedy asks for one completion
+    whatever n is: vLLM's SamplingParams._verify_greedy_sampling raises "n must be 1 when using
+    greedy sampling", and n greedy completions are the same one (`vllm_reply` repeats it).
     """
-    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
-            "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop), "seed": sampling.seed,
-            "stop_token_ids": sorted(end_ids)}
+    greedy = sampling.temperature <= 0
+    return {"n": 1 if greedy else sampling.n, "temperature": sampling.temperature,
+            "top_p": 1.0 if greedy else sampling.top_p, "max_tokens": sampling.max_new_tokens,
+            "stop": list(sampling.stop), "seed": sampling.seed, "stop_token_ids": sorted(end_ids)}
 
 
 class OpenAIBackend:
@@ -363,7 +455,7 @@ class OpenAIBackend:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout: float = 600.0, progress: bool = True, max_tries: int = 3,
                  backoff: float = 0.5, backoff_max: float = 8.0, max_retry_after: float = 60.0,
-                 rpm: float | None = None, tpm: float | None = None):
+                 rpm: float | None = None, tpm: float | None = None, clock=time.monotonic, sleep=time.sleep):
         if max_tries < 1 or concurrency < 1:
             raise ValueError("max_tries and concurrency must be at least 1")
         self.name = model
@@ -374,8 +466,10 @@ class OpenAIBackend:
         self.progress = progress
         self.max_tries = max_tries
         self.backoff, self.backoff_max, self.max_retry_after = backoff, backoff_max, max_retry_after
-        self.rpm = RateLimiter(rpm) if rpm else None
-        self.tpm = RateLimiter(tpm) if tpm else None
+        # `clock` and `sleep` are parameters so tests can check every wait without waiting.
+        self._sleep = sleep
+        self.rpm = RateLimiter(rpm, clock, sleep) if rpm else None
+        self.tpm = RateLimiter(tpm, clock, sleep) if tpm else None
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self._random = random.Random()
 
@@ -412,8 +506,12 @@ class OpenAIBackend:
             raise TransientError(f"{self.base_url}: reply is not JSON: {body[:200]!r}") from None
 
     def _payload(self, conversation: Messages, sampling: Sampling) -> dict:
+        # Greedy asks for one completion whatever n is, as vllm_sampling does: a vLLM or SGLang
+        # server refuses n > 1 at temperature 0 ("n must be 1 when using greedy sampling"), and
+        # n greedy completions are the same one (_request repeats it).
+        n = 1 if sampling.temperature <= 0 else sampling.n
         payload = {"model": self.name, "messages": conversation, "max_tokens": sampling.max_new_tokens,
-                   "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n, "seed": sampling.seed}
+                   "temperature": sampling.temperature, "top_p": sampling.top_p, "n": n, "seed": sampling.seed}
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
         return payload
@@ -426,14 +524,16 @@ class OpenAIBackend:
         except (KeyError, TypeError, AttributeError):
             texts, reasons = [], []
         if not texts:
-            raise BackendError(f"{self.base_url}: reply has no choices[].message.content: {str(data)[:200]}")
+            # A 200 without an answer (an empty `choices`, an error object, a body of another shape)
+            # comes from an overloaded or misbehaving server as often as a 5xx does: tried again.
+            raise TransientError(f"{self.base_url}: reply has no choices[].message.content: {str(data)[:200]}")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return texts, usage, reasons
 
     def _request(self, conversation: Messages, sampling: Sampling) -> Reply:
         """One conversation, with retries; never raises for a failed request (see Reply.error)."""
         payload = self._payload(conversation, sampling)
-        estimate = sum(len(m.get("content") or "") for m in conversation) / 4 + sampling.max_new_tokens * sampling.n
+        estimate = sum(len(m.get("content") or "") for m in conversation) / 4 + sampling.max_new_tokens * payload["n"]
         waited = 0.0
         for tries in range(1, self.max_tries + 1):
             if self.rpm:
@@ -446,7 +546,7 @@ class OpenAIBackend:
                 if tries == self.max_tries:
                     return Reply(error=f"{exc} (gave up after {tries} tries)", tries=tries, waited=waited)
                 delay = self._delay(tries, exc.retry_after)
-                time.sleep(delay)
+                self._sleep(delay)
                 waited += delay
                 continue
             except BackendError as exc:  # the server answered, and the answer will not change
@@ -455,6 +555,8 @@ class OpenAIBackend:
                 spent = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
                 if spent:
                     self.tpm.refund(estimate - spent)
+            if payload["n"] == 1 and sampling.n > 1 and len(texts) == 1:  # greedy: the one completion, n times
+                texts, reasons = texts * sampling.n, reasons * sampling.n
             return Reply(texts=texts, usage=usage, tries=tries, waited=waited, finish_reasons=reasons)
         raise AssertionError("unreachable")
 
@@ -503,16 +605,23 @@ class OpenAIBackend:
                 raise
 
     def generate_each(self, conversations: list[Messages], sampling: Sampling, on_result: OnResult | None = None,
-                      desc: str = "generate") -> list[Reply]:
-        """A Reply per conversation; `on_result(index, reply)` as each finishes, in completion order."""
+                      desc: str | None = None) -> list[Reply]:
+        """A Reply per conversation; `on_result(index, reply)` as each finishes, in completion order.
+
+        With a `desc` (evaluation gives one) a progress bar counts the requests; without one there
+        is none, because a synthesis stage draws its own over the records.
+        """
+        from tqdm.auto import tqdm
+
         replies: list[Reply | None] = [None] * len(conversations)
+        with tqdm(total=len(conversations), desc=desc, unit="request", disable=not self.progress or desc is None) as bar:
+            def record(i: int, reply: Reply) -> None:
+                replies[i] = reply
+                bar.update(1)
+                if on_result:
+                    on_result(i, reply)
 
-        def record(i: int, reply: Reply) -> None:
-            replies[i] = reply
-            if on_result:
-                on_result(i, reply)
-
-        self._each(conversations, sampling, record, stop_on_error=False)
+            self._each(conversations, sampling, record, stop_on_error=False)
         return replies
 
     def generate(self, conversations: list[Messages], sampling: Sampling, desc: str = "generate") -> list[list[str]]:
@@ -559,7 +668,7 @@ def make_backend(model: str, backend: str = "auto", **options):
     if backend == "auto":
         backend = "openai" if options.get("base_url") else "transformers"
     if backend == "transformers":
-        allowed = {"batch_size", "dtype", "progress", "stop_at_answer"}
+        allowed = {"batch_size", "dtype", "progress", "stop_at_answer", "kv_cache_gib"}
         return TransformersBackend(model, **{k: v for k, v in options.items() if k in allowed and v is not None})
     if backend == "vllm":
         allowed = {"dtype", "progress", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len"}

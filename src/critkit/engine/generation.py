@@ -19,9 +19,11 @@ import torch
 
 from ..grading.answers import extract_boxed
 from .end_tokens import end_token_ids
-from .slot_cache import SLOTS, SlotCache, register
+from .slot_cache import SLOTS, SlotCache, bytes_per_token, register
 
-__all__ = ["decode", "prepack_cpu_linears"]
+__all__ = ["decode", "prepack_cpu_linears", "cache_budget"]
+
+GIB = 1024 ** 3
 
 
 def prepack_cpu_linears(model) -> int:
@@ -85,7 +87,7 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop: tuple[str, ...] = (),
            stop_at_answer: bool = False, prefill_tokens: int = 2048, on_done: Callable[[int, list[list[int]]], None] | None = None,
            on_error: Callable[[int, Exception], None] | None = None,
-           end_ids: Collection[int] | None = None) -> list[list[list[int]]]:
+           end_ids: Collection[int] | None = None, cache_bytes: int | None = None) -> list[list[list[int]]]:
     """For each prompt (token ids), `samples` generated token-id lists, without the prompt.
 
     A sequence ends at one of `end_ids`, which is not kept in its output. By default they are
@@ -98,6 +100,11 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
     by one and `on_error(i, exc)` reports each that fails alone (too long for the model, say); the
     others go on. Without `on_error` the error is raised. The model is switched to critkit's slot
     attention, which is plain SDPA whenever no cache is passed.
+
+    `cache_bytes` bounds the key/value cache (default: `cache_budget`, from the memory free on the
+    model's device). Every row is sized for the longest prompt + max_new_tokens, so rows never
+    outgrow it however long they run, and `rows` is lowered until (rows + 1 spare) such rows fit;
+    the other prompts wait in the queue. A prompt whose samples alone do not fit fails by itself.
     """
     if max_new_tokens <= 0 or not prompts:
         return [[[] for _ in range(samples)] for _ in prompts]
@@ -116,8 +123,26 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
     out: list[list[list[int]]] = [[[] for _ in range(samples)] for _ in prompts]
     running = [samples] * len(prompts)  # samples of each prompt not ended yet
     owner: list[tuple[int, int]] = []  # live row -> (prompt, sample)
-    cache = SlotCache(model.config, rows=max(rows, samples), capacity=max(map(len, prompts), default=1) + 64,
-                      dtype=model.dtype, device=device)
+    per_token = bytes_per_token(model.config, model.dtype)
+    budget = cache_budget(device) if cache_bytes is None else cache_bytes
+    # Tokens a row of prompt i can hold at most; a prompt fits when its samples and the spare row do.
+    need = [len(p) + max_new_tokens for p in prompts]
+    too_big = {i for i in range(len(prompts)) if (samples + 1) * need[i] * per_token > budget}
+    for i in sorted(too_big):
+        error = MemoryError(f"the key/value cache for {samples} sequence(s) of up to {need[i]:,} tokens needs "
+                            f"{(samples + 1) * need[i] * per_token / GIB:.2f} GiB with the shared-prefix row, over the "
+                            f"budget of {budget / GIB:.2f} GiB (kv_cache_gib)")
+        if on_error is None:
+            raise error
+        running[i] = 0
+        on_error(i, error)
+    waiting = [i for i in range(len(prompts)) if i not in too_big]
+    if not waiting:
+        return out
+    longest = max(need[i] for i in waiting)
+    rows = max(samples, min(max(rows, samples), budget // (longest * per_token) - 1))
+    cache = SlotCache(model.config, rows=rows, capacity=max(len(prompts[i]) for i in waiting) + 64,
+                      dtype=model.dtype, device=device, max_capacity=longest)
 
     def forward(ids: list[int] | torch.Tensor, positions: torch.Tensor, keep, slots: dict) -> torch.Tensor:
         ids = torch.as_tensor(ids, device=device).view(positions.shape)
@@ -153,7 +178,7 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
         forward(prompts[0][:shared], torch.arange(shared, device=device)[None], 1,
                 cache.prefill([(cache.prefix_row, 0, shared)]))
 
-    queue = deque(range(len(prompts)))
+    queue = deque(waiting)
     logits = torch.empty(0, model.config.get_text_config().vocab_size, device=device)
     while True:
         batch, budget = [], prefill_tokens  # prompts to prefill together
@@ -204,6 +229,26 @@ def decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, rows
             cache.advance()
         else:
             logits = logits[:0]
+
+
+def cache_budget(device, fraction: float = 0.85) -> int:
+    """Bytes the key/value cache may take on `device`: `fraction` of what is free there now.
+
+    On a GPU, free memory (after the model's weights) plus what PyTorch's allocator holds unused;
+    the rest is left for activations (a 2,048-token prefill through an 8B model's MLP is ~200 MB).
+    On CPU, of the memory the system reports available (psutil; accelerate depends on it).
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return int(free * fraction)
 
 
 def _ends(tokenizer, ids: list[int], last: int, stop: tuple[str, ...], braces: frozenset[int]) -> bool:

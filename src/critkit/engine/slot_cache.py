@@ -11,7 +11,9 @@ its own cache:
   layer, and a step writes one position per row in place;
 - the live rows are always 0..live-1: a finished row is replaced by the last live row (one row's
   copy), and a new prompt takes the next free row, so a step reads rows 0..live-1 and no gather;
-- the capacity doubles when a row needs more, so short answers never pay for the longest limit;
+- the capacity doubles when a row needs more, so short answers never pay for the longest limit,
+  up to `max_capacity` (the longest prompt + max_new_tokens: no row can need more), which
+  generation.py sizes with the rows from a memory budget;
 - a spare row holds the prompts' common prefix (the chat template and system prompt), computed
   once and copied into each new row.
 
@@ -26,21 +28,45 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SLOTS", "SlotCache", "register"]
+__all__ = ["SLOTS", "SlotCache", "register", "bytes_per_token"]
 
 SLOTS = "critkit_slots"
 ATTENTION_GROUP = 32  # decoding rows attended together (see SlotCache.step)
 
 
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes one token of one row takes in a SlotCache: keys and values of every layer."""
+    text = _text_config(config)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    element = torch.tensor([], dtype=dtype).element_size()
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * element
+
+
+# Regroup prefill queries per kv head (see SlotCache.attend): None = on CUDA only; tests set True to
+# run the CUDA path's arithmetic on CPU.
+REGROUP_PREFILL: bool | None = None
+
+
+def _regroup(query: torch.Tensor) -> bool:
+    return query.is_cuda if REGROUP_PREFILL is None else REGROUP_PREFILL
+
+
 class SlotCache:
     """Keys and values of up to `rows` sequences plus one spare row for the shared prefix."""
 
-    def __init__(self, config, rows: int, capacity: int, dtype: torch.dtype, device):
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    def __init__(self, config, rows: int, capacity: int, dtype: torch.dtype, device, max_capacity: int | None = None):
+        text = _text_config(config)
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.rows = rows
         self.prefix_row = rows  # the spare row
+        self.max_capacity = max_capacity
+        if max_capacity is not None:
+            capacity = min(capacity, max_capacity)
         self.keys = [self._zeros(capacity, dtype, device) for _ in range(text.num_hidden_layers)]
         self.values = [self._zeros(capacity, dtype, device) for _ in range(text.num_hidden_layers)]
         self.lengths = torch.zeros(rows + 1, dtype=torch.long, device=device)  # tokens held per row
@@ -57,13 +83,23 @@ class SlotCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds on its device."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
     def reserve(self, length: int) -> None:
-        """Make room for `length` tokens per row, doubling the capacity as often as needed."""
+        """Make room for `length` tokens per row, doubling the capacity as often as needed (never
+        past max_capacity)."""
         if length <= self.capacity:
             return
+        if self.max_capacity is not None and length > self.max_capacity:
+            raise RuntimeError(f"slot cache: a row needs {length} positions, more than its bound of {self.max_capacity}")
         capacity = self.capacity
         while capacity < length:
             capacity *= 2
+        if self.max_capacity is not None:
+            capacity = min(capacity, self.max_capacity)
         for cache in (self.keys, self.values):
             for i, old in enumerate(cache):
                 new = self._zeros(capacity, old.dtype, old.device)
@@ -145,9 +181,19 @@ class SlotCache:
                 allowed = torch.ones(count, end, dtype=torch.bool, device=query.device).tril(diagonal=start)
                 if window:
                     allowed = allowed.triu(diagonal=start - window + 1)
-                out[:, :, part] = F.scaled_dot_product_attention(
-                    query[:, :, part], keys[row : row + 1, :, :end], values[row : row + 1, :, :end],
-                    attn_mask=allowed, scale=scaling, enable_gqa=groups > 1)
+                k, v = keys[row : row + 1, :, :end], values[row : row + 1, :, :end]
+                if groups > 1 and _regroup(query):
+                    # As in decoding, the `groups` query heads of a kv head become groups x count
+                    # queries of that head: as many query heads as key heads, so no enable_gqa. On
+                    # CUDA, SDPA with a mask and enable_gqa has only its math kernel (flash takes no
+                    # mask, memory-efficient no GQA), which materialises every score and repeats
+                    # the keys; regrouped, the memory-efficient kernel runs.
+                    q = query[0, :, part].reshape(self.kv_heads, groups * count, -1)[None]
+                    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.repeat(groups, 1), scale=scaling)
+                    out[0, :, part] = attended[0].reshape(query.shape[1], count, -1)
+                else:  # CPU: its flash kernel takes a mask and GQA together (regrouping measured no faster)
+                    out[:, :, part] = F.scaled_dot_product_attention(query[:, :, part], k, v, attn_mask=allowed,
+                                                                     scale=scaling, enable_gqa=groups > 1)
                 offset += count
             return out.transpose(1, 2)
         # Decoding: one query per live row, written at that row's length.

@@ -178,23 +178,28 @@ def _hardware() -> tuple[str, float]:
     return f"CPU ({torch.get_num_threads()} threads) at {CPU_EFFICIENCY:.0%} of {rate / 1e9:.0f} GFLOP/s fp32 matmul", rate * CPU_EFFICIENCY
 
 
-def estimate(cfg, devices: int | None = None, launch: str | None = None) -> Estimate:
+def estimate(cfg, devices: int | None = None, launch: str | None = None,
+             capability: tuple[int, int] | None = None) -> Estimate:
     """Estimate for a TrainConfig (its pairs file must exist for the token counts).
 
     `launch`: the accelerate config the training will run under (a path or a packaged name such
     as accelerate/zero3); without it, the environment accelerate gives the processes it launched.
     It decides the precision scheme and, unless `devices` is given, the number of devices.
+    `capability`: the GPU's compute capability (default: this machine's GPU, if any); before 8.0
+    (Ampere) a bf16 training runs in fp16, as train.py does, and the precision line says why.
     """
-    from .precision import launch_from_env, launch_from_file, plan
+    from .precision import launch_from_env, launch_from_file, native_half, plan
     from .train_config import sft_defaults, sft_value
 
     sft = sft_defaults(cfg)
     how = launch_from_file(launch) if launch else launch_from_env()
+    half, note = native_half(sft, how, capability)
+    sft = {**sft, **half}
     devices = devices or int(how.get("num_processes") or 1)
     model, config = _meta_model(cfg.model)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = _lora_parameters(model, cfg.peft) if cfg.peft is not None else parameters
-    precision = plan(sft, how, lora=cfg.peft is not None)
+    precision = plan(sft, how, lora=cfg.peft is not None, note=note)
     cap = sft_value(sft, "max_length")  # TRL's default (1024) when the config does not say
     max_length = cap or 1024
     micro_batch = int(sft_value(sft, "per_device_train_batch_size"))

@@ -31,17 +31,24 @@ updates fp32 master weights; only the forward and backward compute runs in bf16 
 `plan` decides from the SFTConfig values and the launch (accelerate's environment in the launched
 processes, or the accelerate config file a run names), so the estimate printed before training
 and the training itself read the same decision.
+
+bf16 only where the GPU computes it natively (compute capability 8.0, Ampere, and later): a V100
+or T4 reports bf16 support through emulation (torch.cuda.is_bf16_supported's including_emulation)
+and runs it several times slower than fp16, so there `native_half` turns a bf16 request (critkit's
+GPU default, a recipe's `bf16: true`, an accelerate config's mixed_precision) into fp16 autocast,
+with the same fp32 master weights and transformers' loss scaling, and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["Precision", "plan", "launch_from_env", "launch_from_file"]
+__all__ = ["Precision", "plan", "launch_from_env", "launch_from_file", "native_half"]
 
 HALF = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -86,6 +93,25 @@ def launch_from_file(launch: str) -> dict:
             "zero_stage": deepspeed.get("zero_stage"), "num_processes": raw.get("num_processes")}
 
 
+def native_half(sft: Mapping, launch: Mapping, capability: tuple[int, int] | None = None) -> tuple[dict, str | None]:
+    """SFTConfig values that replace bf16 by fp16 on a GPU without native bf16, and why; ({}, None)
+    elsewhere (bf16 not asked for, an Ampere or later GPU, no GPU). `capability` defaults to GPU 0's."""
+    import torch
+
+    from ..engine.models import gpu_half_dtype
+
+    asked = "bf16" if sft.get("bf16") else "fp16" if sft.get("fp16") else str(launch.get("mixed_precision") or "no")
+    if asked != "bf16" or gpu_half_dtype(capability) != "float16":
+        return {}, None
+    if capability is None:
+        capability = torch.cuda.get_device_capability(0)
+        where = f"{torch.cuda.get_device_name(0)} (compute capability {capability[0]}.{capability[1]})"
+    else:
+        where = f"a compute capability {capability[0]}.{capability[1]} GPU"
+    return {"bf16": False, "fp16": True}, (f"bf16 was asked for, and {where} only emulates it (native from 8.0, "
+                                            f"Ampere): fp16 autocast with loss scaling instead")
+
+
 def _deepspeed_stage(value) -> int | None:
     """ZeRO stage of an SFTConfig `deepspeed` value (a JSON path or a dict), when it says."""
     try:
@@ -95,12 +121,18 @@ def _deepspeed_stage(value) -> int | None:
         return None
 
 
-def plan(sft: Mapping, launch: Mapping, lora: bool) -> Precision:
-    """The precision of a training with these SFTConfig values (sft_defaults applied) and this launch.
+def plan(sft: Mapping, launch: Mapping, lora: bool, note: str | None = None) -> Precision:
+    """The precision of a training with these SFTConfig values (sft_defaults and `native_half`
+    applied) and this launch; `note` (native_half's) ends the summary.
 
     Mixed precision follows TrainingArguments: bf16 or fp16 in the config, else the launch's
     mixed_precision (ACCELERATE_MIXED_PRECISION), else none.
     """
+    chosen = _plan(sft, launch, lora)
+    return dataclasses.replace(chosen, summary=f"{chosen.summary} ({note})") if note else chosen
+
+
+def _plan(sft: Mapping, launch: Mapping, lora: bool) -> Precision:
     mixed = "bf16" if sft.get("bf16") else "fp16" if sft.get("fp16") else str(launch.get("mixed_precision") or "no")
     compute = mixed if mixed in HALF else "fp32"
     half = HALF.get(mixed, "float32")

@@ -20,7 +20,7 @@ import yaml
 from ..config import ConfigError
 from .train_config import TrainConfig, load_train_config, read_pairs, sft_defaults, validate
 
-__all__ = ["TrainConfig", "load_train_config", "train", "build_trainer", "ConfigError"]
+__all__ = ["TrainConfig", "load_train_config", "train", "build_trainer", "merge_saved_adapter", "ConfigError"]
 
 
 def _load_pairs(path: str, limit: int | None):
@@ -126,15 +126,20 @@ def build_trainer(cfg: TrainConfig):
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from .attention import register as register_varlen
-    from .precision import launch_from_env, plan
+    from .attention import register as register_varlen, training_attention
+    from .precision import launch_from_env, native_half, plan
     from ..engine.models import load_model, load_tokenizer
 
     dataset = _load_pairs(cfg.data, cfg.max_examples)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     sft = sft_defaults(cfg)
+    launch = launch_from_env()
+    half, note = native_half(sft, launch)  # fp16 where the GPU only emulates bf16 (V100, T4)
+    if note:
+        print(f"[critkit] {note}", flush=True)
+    sft = {**sft, **half}
     args = SFTConfig(**sft)
-    precision = plan(sft, launch_from_env(), lora=cfg.peft is not None)
+    precision = plan(sft, launch, lora=cfg.peft is not None, note=note)
     # The plan reads the config and accelerate's environment as TrainingArguments does; if the two
     # ever disagree, the weights would be loaded for another scheme than the one that trains them.
     # (Under DeepSpeed only the scheme must agree: DeepSpeed converts the weights to its own dtype.)
@@ -142,8 +147,14 @@ def build_trainer(cfg: TrainConfig):
             precision.scheme != "deepspeed" and args.mixed_precision.replace("no", "fp32") != precision.compute):
         raise RuntimeError(f"precision plan {precision.scheme}/{precision.compute} disagrees with transformers' "
                            f"(deepspeed={args.deepspeed_plugin is not None}, mixed_precision={args.mixed_precision})")
-    attention = cfg.attn_implementation or (register_varlen() if args.padding_free or args.packing else None)
-    model = load_model(cfg.model, dtype=precision.load_dtype, attn_implementation=attention).train()
+    rows_of_sequences = args.padding_free or args.packing
+    attention = cfg.attn_implementation or (register_varlen() if rows_of_sequences else None)
+    # device=None: the Trainer moves the model to its device (one process, DDP); FSDP shards it and
+    # moves each rank's shard, DeepSpeed partitions it. Moved whole to every GPU here first, each
+    # rank would hold a full replica (in fp32 for full fine-tuning) before sharding.
+    model = load_model(cfg.model, dtype=precision.load_dtype, attn_implementation=attention, device=None).train()
+    if rows_of_sequences and not cfg.attn_implementation and training_attention(model) != attention:
+        model.set_attn_implementation(training_attention(model))  # flash-attention's varlen kernel on CUDA
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and args.world_size != launched:
         # Without a GPU, processes started by torchrun (accelerate launch) fall back to one
@@ -185,9 +196,12 @@ def train(cfg: TrainConfig) -> Path:
     trainer, precision = build_trainer(cfg)
     tokenizer = trainer.processing_class
     args = trainer.args
-    resume = _last_checkpoint(out) if args.save_strategy != "no" else None
+    # A weights-only checkpoint (save_only_model) has no optimizer state to go on from: start again.
+    resume = _last_checkpoint(out) if args.save_strategy != "no" and not args.save_only_model else None
     if resume and trainer.is_world_process_zero():
         print(f"resuming from {resume}")
+    if os.environ.get(KILL_WHILE_SAVING):  # tests only: a kill at a known point of a save
+        trainer.add_callback(_kill_while_saving(int(os.environ[KILL_WHILE_SAVING])))
     result = trainer.train(resume_from_checkpoint=resume)
     final = out / "final"
     if precision.scheme == "autocast" and cfg.peft is None:
@@ -200,12 +214,9 @@ def train(cfg: TrainConfig) -> Path:
 
         trainer.model.to(getattr(torch, HALF[precision.compute]))
     trainer.save_model(str(final))  # every process: FSDP and ZeRO-3 gather the weights collectively
-    if trainer.is_world_process_zero():  # one writer per file when several processes train
+    first_process = trainer.is_world_process_zero()
+    if first_process:  # one writer per file when several processes train
         tokenizer.save_pretrained(str(final))
-        if cfg.peft is not None and cfg.merge_adapter:
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(str(out / "merged"))
-            tokenizer.save_pretrained(str(out / "merged"))
         # After a resume, log_history holds the checkpoint's earlier steps too (from its trainer_state.json).
         log = {"metrics": result.metrics, "log_history": trainer.state.log_history, "examples": len(trainer.train_dataset),
                "resumed_from": resume, "precision": precision.summary}
@@ -213,8 +224,46 @@ def train(cfg: TrainConfig) -> Path:
         from .curves import plot_losses
 
         plot_losses({out.name: trainer.state.log_history}, out / "loss.png", title=f"training loss: {out}")
+    del trainer  # and with it the model, optimizer state and gradients: the caller may load the next model
     _leave_process_group()
+    from ..engine.models import release_memory
+
+    release_memory()
+    if first_process and cfg.peft is not None and cfg.merge_adapter:
+        merge_saved_adapter(final, out / "merged")
     return final
+
+
+def merge_saved_adapter(adapter: Path, target: Path) -> Path:
+    """The saved LoRA adapter `adapter` merged into its base model, on CPU, saved as a full model in
+    `target` (with the adapter folder's tokenizer); returns `target`.
+
+    From the saved files, after training, by one process: the training's own model cannot be
+    merged under ZeRO-3 (its parameters are partitioned placeholders) or FSDP (DTensor shards), and
+    a merge on rank 0 alone would leave the other ranks at the next collective until the NCCL
+    timeout. The base loads in the dtype it was saved in, not in the training's compute dtype (a
+    LoRA base trains in bf16), so the merge adds the adapter to the weights as they are on disk.
+    Written to a temporary folder and renamed: a merge cut short never looks finished.
+    """
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..engine.models import release_memory, resolve_model
+
+    base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(base_name), dtype="auto", device_map="cpu")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(str(partial))
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(partial))
+    del base, merged
+    release_memory()
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
 
 
 def _leave_process_group() -> None:
@@ -227,6 +276,38 @@ def _leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# Test-only (tests/test_train_resume.py, tests/test_run.py): the step N whose checkpoint save is cut short.
+KILL_WHILE_SAVING = "CRITKIT_TEST_KILL_WHILE_SAVING"
+
+
+def _kill_while_saving(step: int):
+    """A callback that SIGKILLs this process while `checkpoint-<step>` is being saved: after its
+    weights, optimizer, scheduler and RNG states are written, before trainer_state.json.
+
+    That is the torn checkpoint a kill leaves and `_last_checkpoint` must skip; a kill timed from
+    outside the process lands there only by chance. Trainer._save_checkpoint asks each
+    ExportableState callback for its state() at exactly that point (TrainerState also asks once
+    when training starts, before any step has ended).
+    """
+    import signal
+
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class KillWhileSaving(TrainerCallback, ExportableState):
+        ended = 0  # the last step that ended
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ended = state.global_step
+
+        def state(self) -> dict:
+            if self.ended == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return {}
+
+    return KillWhileSaving()
 
 
 def _last_checkpoint(out: Path) -> str | None:
