@@ -43,6 +43,8 @@ def run_probe(probe: str, records: str | os.PathLike | Iterable[Record], models:
     names = model_labels(models, labels)
     samples, report = load_samples(records, limit=limit, need_gold=need_gold)
     fn = getattr(module, probe)
+    if probe == "counterfactual" and output is not None:
+        options = {**options, "journal_dir": Path(output)}  # the probe that generates keeps its answers there as it goes
     result = fn(samples, list(models), names, **options)
     result = {"probe": result.pop("probe"),
               "records": str(records) if isinstance(records, (str, os.PathLike)) else "<records>",

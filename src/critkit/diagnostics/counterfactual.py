@@ -3,7 +3,9 @@
 Each model answers every problem twice from the CGD input, once with the record's own (factual)
 critique and once with a nonsense critique that has nothing to do with the problem, by greedy
 decoding; both answers are graded against the record's gold answer. A model that reads the
-critique should lose accuracy when the critique is nonsense.
+critique should lose accuracy when the critique is nonsense. The answers are journaled as they
+come (evaluation/durable.py), so an interrupted probe resumes; a problem whose request failed in
+either condition is left out of the paired comparison and counted as `failed`.
 
 Nonsense critiques, deterministic per record:
 - "other" (default): the critique of a different record of the file (a different question and a
@@ -15,9 +17,13 @@ Nonsense critiques, deterministic per record:
 from __future__ import annotations
 
 import random
+import re
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..engine.backends import Sampling, TransformersBackend
+from ..evaluation.durable import DONE, Item, SampleJournal, Step
 from ..grading.answers import extract_answer, grade
 from .common import INPUT_NOTE, Sample, messages, pyplot, save_figure
 
@@ -47,8 +53,47 @@ def nonsense_critiques(samples: list[Sample], mode: str = "other", seed: int = 0
     return out
 
 
+def _answers(name: str, label: str, samples: list[Sample], swaps: list[tuple[str, str]], sampling: Sampling,
+             batch_size: int, folder: Path) -> dict[str, list[tuple[dict, str]]]:
+    """{condition: [(row, status) per sample]}: one model's greedy answers under both critiques.
+
+    Journaled as evaluation is (evaluation/durable.py), in folder/counterfactual.<label>.jsonl: an
+    interrupted probe generates only what is missing, and the model is not even loaded when
+    nothing is. A request that fails is kept with its error instead of ending the probe.
+    """
+    convs = {"factual": [messages(s, s.critique) for s in samples],
+             "nonsense": [messages(s, text) for s, (text, _) in zip(samples, swaps)]}
+
+    def next_step(row: dict) -> Step | None:
+        return None if "output" in row else Step("answer", convs[row["condition"]][row["index"]], sampling)
+
+    def take(row: dict, step: Step, texts: list[str]) -> None:
+        row["output"] = texts[0] if texts else ""
+
+    items = [Item(f"{cond}:{k}:{s.id}", {"id": s.id, "condition": cond, "index": k})
+             for cond in CONDITIONS for k, s in enumerate(samples)]
+    settings = {"probe": "counterfactual", "model": name, "sampling": sampling.as_dict()}
+    path = folder / f"counterfactual.{re.sub(r'[^A-Za-z0-9_.@+-]', '_', label)}.jsonl"
+    with SampleJournal(path, items, settings, next_step, take, desc=f"{label} counterfactual") as journal:
+        if journal.pending:
+            backend = TransformersBackend(name, batch_size=batch_size, progress=False)
+            try:
+                journal.run({"model": backend})
+            finally:
+                if hasattr(backend, "close"):
+                    backend.close()
+                del backend
+        journal.finish()
+    out: dict[str, list[tuple[dict, str]]] = {cond: [] for cond in CONDITIONS}
+    for row, status in zip(journal.rows, journal.status):
+        out[row["condition"]].append((row, status))
+    return out
+
+
 def counterfactual(samples: list[Sample], models: list[str], labels: list[str], max_new_tokens: int = 512,
-                   nonsense: str = "other", seed: int = 0, batch_size: int = 8) -> dict:
+                   nonsense: str = "other", seed: int = 0, batch_size: int = 8, journal_dir: str | Path | None = None) -> dict:
+    """Both conditions for every model. `journal_dir` keeps each model's answers as they are made
+    (run_probe passes its output folder); without one they go to a temporary folder."""
     from scipy.stats import binomtest
 
     swaps = nonsense_critiques(samples, nonsense, seed)
@@ -56,34 +101,38 @@ def counterfactual(samples: list[Sample], models: list[str], labels: list[str], 
                                "models": {}} for s, (text, src) in zip(samples, swaps)]
     sampling = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
     results: dict[str, dict] = {}
-    for name, label in zip(models, labels):
-        backend = TransformersBackend(name, batch_size=batch_size, progress=False)
-        convs = {"factual": [messages(s, s.critique) for s in samples],
-                 "nonsense": [messages(s, text) for s, (text, _) in zip(samples, swaps)]}
-        correct: dict[str, list[bool]] = {}
-        for cond in CONDITIONS:
-            outputs = backend.generate(convs[cond], sampling, desc=f"{label} {cond}") if samples else []
-            correct[cond] = []
-            for row, sample, texts in zip(per_sample, samples, outputs):
-                text = texts[0] if texts else ""
-                ok = grade(text, sample.gold)
-                correct[cond].append(ok)
-                row["models"].setdefault(label, {})[cond] = {"output": text, "extracted": extract_answer(text), "correct": ok}
-        del backend
-        n = len(samples)
-        lost = sum(f and not c for f, c in zip(correct["factual"], correct["nonsense"]))
-        gained = sum(c and not f for f, c in zip(correct["factual"], correct["nonsense"]))
-        acc = {cond: {"accuracy": sum(correct[cond]) / n if n else None, "correct": sum(correct[cond]), "n": n}
-               for cond in CONDITIONS}
-        results[label] = {
-            "model": name,
-            **acc,
-            "difference": acc["nonsense"]["accuracy"] - acc["factual"]["accuracy"] if n else None,
-            "right_to_wrong": lost,
-            "wrong_to_right": gained,
-            # Exact McNemar test: only the problems whose outcome flips carry information.
-            "mcnemar_p": binomtest(lost, lost + gained).pvalue if lost + gained else None,
-        }
+    with tempfile.TemporaryDirectory() if journal_dir is None else nullcontext(journal_dir) as folder:
+        for name, label in zip(models, labels):
+            answers = _answers(name, label, samples, swaps, sampling, batch_size, Path(folder))
+            correct: dict[str, list[bool | None]] = {}
+            for cond in CONDITIONS:
+                correct[cond] = []
+                for row, sample, (answer, status) in zip(per_sample, samples, answers[cond]):
+                    if status == DONE:
+                        text = answer["output"]
+                        ok = grade(text, sample.gold)
+                        entry = {"output": text, "extracted": extract_answer(text), "correct": ok}
+                    else:  # the request failed: no answer, so neither right nor wrong
+                        ok, entry = None, {"output": None, "error": answer.get("error"), "correct": None}
+                    correct[cond].append(ok)
+                    row["models"].setdefault(label, {})[cond] = entry
+            # Paired: only the problems answered under both critiques count.
+            both = [(f, c) for f, c in zip(correct["factual"], correct["nonsense"]) if f is not None and c is not None]
+            n = len(both)
+            lost = sum(f and not c for f, c in both)
+            gained = sum(c and not f for f, c in both)
+            acc = {cond: {"accuracy": sum(pair[j] for pair in both) / n if n else None, "correct": sum(pair[j] for pair in both),
+                          "n": n} for j, cond in enumerate(CONDITIONS)}
+            results[label] = {
+                "model": name,
+                **acc,
+                "failed": len(samples) - n,
+                "difference": acc["nonsense"]["accuracy"] - acc["factual"]["accuracy"] if n else None,
+                "right_to_wrong": lost,
+                "wrong_to_right": gained,
+                # Exact McNemar test: only the problems whose outcome flips carry information.
+                "mcnemar_p": binomtest(lost, lost + gained).pvalue if lost + gained else None,
+            }
     return {
         "probe": "counterfactual",
         "measures": "accuracy (graded against record.gold with critkit.grading.grade) of greedy answers given the "
@@ -99,7 +148,8 @@ def counterfactual(samples: list[Sample], models: list[str], labels: list[str], 
         "samples": per_sample,
         "summary": [f"{label}: accuracy factual {r['factual']['correct']}/{r['factual']['n']}, nonsense "
                     f"{r['nonsense']['correct']}/{r['nonsense']['n']} (right->wrong {r['right_to_wrong']}, "
-                    f"wrong->right {r['wrong_to_right']})" for label, r in results.items()],
+                    f"wrong->right {r['wrong_to_right']})" + (f", {r['failed']} not answered (failed requests)"
+                                                              if r["failed"] else "") for label, r in results.items()],
     }
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..engine.backends import Sampling, make_backend
 from .benchmarks import BENCHMARKS, data_dir, get_benchmark, load_benchmark
-from .evaluate import evaluate_benchmark
+from .evaluate import evaluate_benchmark, format_accuracy
 
 __all__ = ["select_checkpoints", "select_checkpoint", "check_disjoint", "shared_questions", "candidates", "best_of",
            "model_folders", "current_selection", "record_model", "holds_model", "set_aside"]
@@ -108,10 +108,10 @@ def best_of(scores: dict[str, float]) -> str:
     """
     best = None
     for name, score in scores.items():
-        if best is None or score > scores[best]:
+        if score is not None and (best is None or score > scores[best]):  # None: no sample answered
             best = name
     if best is None:
-        raise ValueError("no candidate to choose from")
+        raise ValueError("no candidate to choose from" + (" (none answered a validation question)" if scores else ""))
     return best
 
 
@@ -216,7 +216,8 @@ def select_checkpoint(folder: Path, label: str, validation: str, out_dir: Path, 
 
     `load(path)` gives a backend for a candidate (the run's evaluation backend and batch size).
     Per-candidate outputs go to out_dir/<candidate>/ and are reused when the same weights were
-    evaluated with the same settings, so an interrupted selection resumes.
+    evaluated with the same settings, so an interrupted selection resumes: a finished candidate
+    is not evaluated again, and one interrupted midway goes on from its samples.jsonl.
     """
     found, skipped = candidates(folder)
     if not found:
@@ -231,11 +232,14 @@ def select_checkpoint(folder: Path, label: str, validation: str, out_dir: Path, 
     for cand in found:
         cand_out = out_dir / cand.name
         saved = cand_out / get_benchmark(validation).name / "scores.json"
-        if holds_model(cand_out, cand, exact=True, **settings) and saved.exists():
+        same = holds_model(cand_out, cand, exact=True, **settings)
+        if same and saved.exists():
             result = json.loads(saved.read_text())  # evaluated before this selection was interrupted
         else:
-            if cand_out.exists():
+            if cand_out.exists() and not same:
                 shutil.rmtree(cand_out)  # outputs of other weights or settings: selection's own, made again
+            # With the same weights and settings, samples.jsonl holds what was evaluated before an
+            # interruption (evaluation/durable.py), and only the rest is generated.
             record_model(cand_out, cand, **settings)
             backend = load(str(cand))
             backend.name = f"{label}/{cand.name}"
@@ -245,7 +249,7 @@ def select_checkpoint(folder: Path, label: str, validation: str, out_dir: Path, 
                 if hasattr(backend, "close"):  # vLLM holds the GPU until told otherwise
                     backend.close()
         scores[cand.name] = result["accuracy"]
-        print(f"  {label} {cand.name}: {100 * result['accuracy']:.1f}% on validation ({result['correct']}/{result['n']})", flush=True)
+        print(f"  {label} {cand.name}: {format_accuracy(result)} on validation", flush=True)
     best = best_of(scores)
     record = {"label": label, "validation": str(validation), "validation_id": _validation_id(validation), "n": result["n"], "limit": limit, "disjoint_from": list(disjoint_from),
               "shared_with_train": shared_with_train, "sampling": sampling.as_dict(), "scores": scores, "skipped": skipped,

@@ -8,7 +8,8 @@ A stage over a large file runs for hours; calls fail, processes die, the bill ma
 - **Journal = output.** `OUTPUT.jsonl` is append-only while the stage runs: one line per finished
   item (done, failed with its reason, skipped or kept), each a full record whose
   meta["jobs"][stage] holds the key and the bookkeeping. Lines are written with one `write` call
-  per item and fsync'd at least once a second, so `kill -9` loses at most the items in flight.
+  per item and fsync'd at least once a second, so `kill -9` loses at most the items in flight
+  (the file handling, shared with evaluation's journal, is data/journal.py).
 - **Resume.** A rerun reads the journal, drops a torn last line (and says so), and skips every
   key that is already there; `retry_failed` takes up the failed ones again. When all items are
   through, the file is rewritten in input order with one group of lines per item (the latest),
@@ -27,7 +28,6 @@ is failed too, with its raw text kept in meta[stage]["output"] and its tokens bi
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -39,25 +39,15 @@ from pathlib import Path
 
 from . import stages as synth
 from ..engine.backends import Reply, Sampling
+from ..data.journal import JobError, JournalFile, replace_file, scan_lines, stable_hash as _hash
 from ..data.records import Record, scan_records
 from .stages import REFERENCE
 
 __all__ = ["run_stage", "merge_shards", "read_journal", "parse_shard", "shard_of", "usage_table", "format_summary",
-           "JobError", "load_prices"]
-
-SYNC_SECONDS = 1.0  # fsync the journal at least this often: bounds what a power cut can take
-
-
-class JobError(ValueError):
-    """A job that cannot start or finish safely: bad arguments, a lock held, changed settings,
-    shards that do not fit. The CLI prints it as an error (no traceback)."""
+           "JobError", "load_prices", "generate_each"]
 
 
 # ------------------------------------------------------------------------------------ keys
-
-
-def _hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def shard_of(record_id: str, n: int) -> int:
@@ -219,109 +209,69 @@ def read_journal(path: str | os.PathLike, stage: str | None = None) -> tuple[Jou
     path = Path(path)
     if not path.exists():
         return view, stage
-    offset = 0
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            start, offset = offset, offset + len(raw)
-            if not raw.endswith(b"\n"):
-                view.torn_at = start
-                view.problems.append(f"{path}:{number}: torn last line ({len(raw)} bytes, no newline) dropped; "
-                                     "its item is done again")
-                break
-            view.size = offset
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                view.lines += 1
-                view.problems.append(f"{path}:{number}: not JSON, ignored; its item is done again")
-                continue
-            found_stage, job = _job_block(row, stage)
-            if job is None:
-                raise JobError(f"{path}:{number}: this line was not written by `critkit {stage or 'STAGE'}` (no "
-                               f"meta.jobs.{stage or 'STAGE'}); refusing to rewrite the file: use a new output file")
-            stage = stage or found_stage
-            view.add(row, stage, job, (start, len(raw)))
+    for number, start, length, row in scan_lines(path, view):
+        if row is None:  # not JSON: reported by scan_lines
+            view.lines += 1
+            continue
+        found_stage, job = _job_block(row, stage)
+        if job is None:
+            raise JobError(f"{path}:{number}: this line was not written by `critkit {stage or 'STAGE'}` (no "
+                           f"meta.jobs.{stage or 'STAGE'}); refusing to rewrite the file: use a new output file")
+        stage = stage or found_stage
+        view.add(row, stage, job, (start, length))
     return view, stage
 
 
 class Journal:
-    """The output file, opened for appending under an exclusive lock.
-
-    The lock (flock, released by the kernel when the process dies, even by kill -9) keeps two runs
-    from appending to the same file; a second run stops with a clear message instead.
-    """
+    """The output file, opened for appending under an exclusive lock (data/journal.py), and what it holds."""
 
     def __init__(self, path: Path, stage: str):
         self.path, self.stage = path, stage
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.file = JournalFile(path)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise JobError(f"{path} is being written by another critkit process; wait for it or use another output") from None
-        # A run killed during the final rewrite leaves its temporary file; under the lock no other
-        # writer can own one, so any left over is garbage.
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        self.view, _ = read_journal(path, stage)
+            self.view, _ = read_journal(path, stage)
+        except BaseException:
+            self.file.close()
+            raise
         if self.view.torn_at is not None:
-            # Appending after half a line would glue the next record onto it.
-            os.ftruncate(self.fd, self.view.torn_at)
-            os.fsync(self.fd)
-        self.synced = time.monotonic()
+            self.file.cut(self.view.torn_at)  # appending after half a line would glue the next record onto it
+
+    @property
+    def fd(self) -> int:
+        return self.file.fd
 
     def append(self, rows: list[dict]) -> None:
         """One write per item: a crash can tear only the last item, which the reader then drops."""
         encoded = [(json.dumps(row, ensure_ascii=False) + "\n").encode() for row in rows]
-        data = memoryview(b"".join(encoded))
-        while data:
-            data = data[os.write(self.fd, data):]
+        self.file.write(b"".join(encoded))
         for row, raw in zip(rows, encoded):  # indexed as the reader would, without reading back
             self.view.add(row, self.stage, row["meta"]["jobs"][self.stage], (self.view.size, len(raw)))
             self.view.size += len(raw)
-        if time.monotonic() - self.synced >= SYNC_SECONDS:
-            self.sync()
 
     def sync(self) -> None:
-        os.fsync(self.fd)
-        self.synced = time.monotonic()
+        self.file.sync()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        self.file.close()
 
 
 def _rewrite(path: Path, chunks: list[tuple[Path, int, int]]) -> None:
     """Write the given byte ranges (of this or other files) as the new `path`, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     handles: dict[Path, object] = {}
+
+    def copy(out) -> None:
+        for source, offset, length in chunks:
+            if source not in handles:
+                handles[source] = open(source, "rb")
+            fh = handles[source]
+            fh.seek(offset)
+            out.write(fh.read(length))
+
     try:
-        with open(tmp, "wb") as out:
-            for source, offset, length in chunks:
-                if source not in handles:
-                    handles[source] = open(source, "rb")
-                fh = handles[source]
-                fh.seek(offset)
-                out.write(fh.read(length))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_file(path, copy)
     finally:
         for fh in handles.values():
             fh.close()
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------- lines
@@ -339,17 +289,18 @@ def _line(item: Item, rec: Record, stage: str, block: dict) -> dict:
     return row
 
 
-def _generate_each(backend, conversations, sampling, on_result) -> None:
+def generate_each(backend, conversations, sampling, on_result, desc: str | None = None) -> None:
     """backend.generate_each when it has one; otherwise `generate` in small batches, each batch's
-    failure turned into error replies so that one bad batch does not end the run."""
+    failure turned into error replies so that one bad batch does not end the run. Evaluation
+    (evaluation/durable.py) sends its requests through here too. `desc` labels a progress bar."""
     if hasattr(backend, "generate_each"):
-        backend.generate_each(conversations, sampling, on_result=on_result)
+        backend.generate_each(conversations, sampling, on_result=on_result, **({"desc": desc} if desc else {}))
         return
     step = 16
     for start in range(0, len(conversations), step):
         chunk = conversations[start : start + step]
         try:
-            replies = [Reply(texts=t) for t in backend.generate(chunk, sampling)]
+            replies = [Reply(texts=t) for t in backend.generate(chunk, sampling, **({"desc": desc} if desc else {}))]
         except Exception as exc:  # noqa: BLE001 - recorded as the items' failure reason
             replies = [Reply(error=f"{type(exc).__name__}: {exc}") for _ in chunk]
         for j, reply in enumerate(replies):
@@ -505,7 +456,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
             bar.update(group_size)
 
         if leaders:
-            _generate_each(teacher, [it.messages for it in leaders], used, on_result)
+            generate_each(teacher, [it.messages for it in leaders], used, on_result)
         bar.close()
         journal.sync()
 
