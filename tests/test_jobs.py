@@ -11,6 +11,7 @@ import pytest
 from critkit.engine.backends import OpenAIBackend, Sampling
 from critkit.cli import main
 from critkit.grading.thinking import UNCLOSED_THINKING
+from critkit.grading.verdicts import parse_verdict
 from critkit.synth.jobs import Journal, JobError, format_summary, merge_shards, run_stage, shard_of
 from critkit.training.methods import build_pairs
 from critkit.data.records import read_records
@@ -273,9 +274,17 @@ def test_embedded_model_as_teacher_over_http_and_locally(tmp_path, embedded_back
     assert usage["prompt_tokens"] > 100 and 0 < usage["completion_tokens"] <= 36
     # The same model in-process: batched, usage counted with its tokenizer.
     local = run_stage("critique", inp, tmp_path / "local.jsonl", embedded_backend, Sampling(max_new_tokens=12), progress=False)
-    assert local["counts"]["done"] == 3 and local["usage"][0]["completion_tokens"] > 0
-    for rec in read_records(tmp_path / "local.jsonl"):
-        assert rec.critique and rec.verdict in ("right", "wrong", "unparsed") and rec.meta["verify"]["graded"]
+    assert local["counts"]["done"] == 3
+    # Greedy: the teacher over HTTP (each request alone on the server) and in-process (one batch)
+    # write the same critiques and verdicts, and count the same prompt tokens.
+    over_http, in_process = read_records(tmp_path / "http.jsonl"), read_records(tmp_path / "local.jsonl")
+    assert [(r.id, r.critique, r.verdict) for r in over_http] == [(r.id, r.critique, r.verdict) for r in in_process]
+    assert local["usage"][0]["prompt_tokens"] == usage["prompt_tokens"]
+    # The server counts completion tokens by re-tokenizing the text; the local backend counts what it generated.
+    assert abs(local["usage"][0]["completion_tokens"] - usage["completion_tokens"]) <= 3
+    for rec, graded in zip(in_process, ["right", "wrong", "right"]):  # make_rows: odd rows answer wrong
+        assert rec.critique and rec.verdict == (parse_verdict(rec.critique) or "unparsed")
+        assert rec.meta["verify"] == {"graded": graded, "agrees": rec.verdict == graded if rec.verdict != "unparsed" else None}
 
 
 # --------------------------------------------------------------- a reasoning teacher, cut short
@@ -375,3 +384,78 @@ def test_respond_asks_the_plain_question_and_fails_a_sample_cut_in_its_thinking(
         run_stage("respond", inp, out, remote, Sampling(max_new_tokens=12, n=2), prompt="cot", progress=False)
     with pytest.raises(JobError, match="unknown respond prompt"):
         run_stage("respond", inp, tmp_path / "o2.jsonl", remote, Sampling(), prompt="qwen", progress=False)
+
+
+# ------------------------------------------------------ accounting across stages and resumes
+
+
+def test_usage_covers_earlier_stages_and_counts_a_resumed_run_once(tmp_path):
+    """docs/synthesis.md: the usage covers the earlier stages the records went through, and a
+    resumed run's records are counted once. A student and a teacher server each count what they
+    are asked; the critique run is cut (as by a kill) and resumed. critique.usage.json must hold
+    exactly the requests the servers answered and the tokens they reported, per stage."""
+    student, teacher = ScriptedServer(), ScriptedServer()
+    try:
+        questions = write(tmp_path / "q.jsonl", [{"id": f"p{i}", "question": f"What is {i} + 3?", "gold": str(i + 3)}
+                                                 for i in range(6)])
+        responded, out = tmp_path / "respond.jsonl", tmp_path / "critique.jsonl"
+        run_stage("respond", questions, responded, client(student), Sampling(max_new_tokens=16), progress=False)
+        run_stage("critique", responded, out, client(teacher), SAMPLING, progress=False)
+        complete = out.read_bytes()
+        out.write_bytes(b"".join(complete.splitlines(keepends=True)[:4]))  # 2 of 6 lost to the "kill"
+        summary = run_stage("critique", responded, out, client(teacher), SAMPLING, progress=False)
+        assert summary["this_run"]["resumed"] == 4 and summary["this_run"]["sent"] == 2
+        assert (student.teacher.calls, teacher.teacher.calls) == (6, 8)  # the 2 lost were asked twice
+    finally:
+        student.stop()
+        teacher.stop()
+    records = lines(out)
+    # critkit's server counts whitespace words for a backend without a tokenizer.
+    words = lambda messages: len("\n".join(m["content"] for m in messages).split())  # noqa: E731
+    expected = {
+        "respond": (6, sum(len(f"What is {i} + 3?".split()) for i in range(6)), sum(len(r["response"].split()) for r in records)),
+        "critique": (6, sum(words(r["meta"]["critique"]["messages"]) for r in records), sum(len(r["critique"].split()) for r in records)),
+    }
+    usage = json.loads((tmp_path / "critique.usage.json").read_text())["usage"]
+    assert {u["stage"]: (u["requests"], u["prompt_tokens"], u["completion_tokens"]) for u in usage} == expected
+    # Billed: the 6 requests of the finished file, not the 8 sent (2 were lost before they were written).
+    assert summary["usage"] == usage
+
+
+# ------------------------------------------------------------------------- what merge refuses
+
+
+def test_merge_refuses_shards_of_different_inputs_and_a_record_in_two_files(tmp_path, upstream):
+    rows = make_rows(12)
+    inp, other = write(tmp_path / "in.jsonl", rows), write(tmp_path / "other.jsonl", rows + make_rows(13)[12:])
+    part0, part1 = tmp_path / "p0.jsonl", tmp_path / "p1.jsonl"
+    run_stage("critique", inp, part0, client(upstream), SAMPLING, shard=(0, 2), progress=False)
+    run_stage("critique", inp, part1, client(upstream), SAMPLING, shard=(1, 2), progress=False)
+    merge_shards([part0, part1], tmp_path / "ok.jsonl")  # the control: these two merge
+
+    # Shard 1 of another input (13 records, not 12).
+    part1_other = tmp_path / "p1-other.jsonl"
+    run_stage("critique", other, part1_other, client(upstream), SAMPLING, shard=(1, 2), progress=False)
+    with pytest.raises(JobError, match=r"made from different inputs \(\['12', '13'\] records\)"):
+        merge_shards([part0, part1_other], tmp_path / "m1.jsonl")
+
+    # A record in two files: shard 1 of the same records in another order puts records at input
+    # positions shard 0 already holds (the same count, so only the overlap tells).
+    reordered = write(tmp_path / "reordered.jsonl", rows[::-1])
+    part1_reordered = tmp_path / "p1-reordered.jsonl"
+    run_stage("critique", reordered, part1_reordered, client(upstream), SAMPLING, shard=(1, 2), progress=False)
+    with pytest.raises(JobError, match=rf"overlap: record '\w+' is in {part0}:\d+ and {part1_reordered}:\d+"):
+        merge_shards([part0, part1_reordered], tmp_path / "m2.jsonl")
+    assert not (tmp_path / "m1.jsonl").exists() and not (tmp_path / "m2.jsonl").exists()
+
+
+def test_merge_refuses_shards_of_same_size_inputs_with_different_records(tmp_path, upstream):
+    rows = make_rows(12)
+    changed = [dict(r) for r in rows]
+    k = next(i for i, r in enumerate(rows) if shard_of(r["id"], 2) == 1)
+    changed[k]["question"] = "A different question?"
+    part0, part1 = tmp_path / "p0.jsonl", tmp_path / "p1.jsonl"
+    run_stage("critique", write(tmp_path / "a.jsonl", rows), part0, client(upstream), SAMPLING, shard=(0, 2), progress=False)
+    run_stage("critique", write(tmp_path / "b.jsonl", changed), part1, client(upstream), SAMPLING, shard=(1, 2), progress=False)
+    with pytest.raises(JobError, match="different inputs"):
+        merge_shards([part0, part1], tmp_path / "m.jsonl")

@@ -342,6 +342,9 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
     used = synth.stage_sampling(stage, sampling)
     meta_sampling = used if stage == "respond" else sampling
     total = len(numbered)
+    # The whole input's fingerprint, in every line: `critkit merge` refuses shards made from different
+    # inputs, which a record count alone cannot tell apart (a changed question keeps the count).
+    fingerprint = _hash([[rec.id, {f: getattr(rec, f) for f in _CONTENT}] for _, rec in numbered])[:16]
 
     journal = Journal(output, stage)
     view = journal.view
@@ -365,7 +368,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
 
         def block(item: Item, status: str, part: int = 0, parts: int = 1, **extra) -> dict:
             b = {"status": status, "key": item.key, "settings": settings_hash, "model": model, "pos": item.pos,
-                 "total": total, "part": part, "parts": parts}
+                 "total": total, "input": fingerprint, "part": part, "parts": parts}
             if item.request:
                 b["request"] = item.request
             if shard_text:
@@ -698,6 +701,7 @@ def merge_shards(paths: list[str | os.PathLike], output: str | os.PathLike, stag
     ns, totals = set(), set()
     seen_pos: dict[tuple[int, int], str] = {}
     seen_ids: dict[str, str] = {}
+    inputs: dict[str, str] = {}  # input fingerprint -> the first file made from it
     chunks = []
     for path in map(Path, paths):
         if not path.exists():
@@ -717,6 +721,10 @@ def merge_shards(paths: list[str | os.PathLike], output: str | os.PathLike, stag
             problems.append(f"{path}: not the output of one --shard run (shards found: {sorted(map(str, shards))})")
             continue
         (spec,) = shards
+        # The input of the run that wrote last (an earlier run may have been resumed on an edited input).
+        last = max(view.groups.values(), key=lambda g: g.first_line).job.get("input")
+        if last is not None:  # files from before fingerprints were written have none
+            inputs.setdefault(last, str(path))
         i, n = parse_shard(spec)
         by_index[i].append(str(path))
         ns.add(n)
@@ -738,6 +746,9 @@ def merge_shards(paths: list[str | os.PathLike], output: str | os.PathLike, stag
         problems.append(f"the files come from different splits: n = {sorted(ns)}")
     if len(totals) > 1:
         problems.append(f"the files were made from different inputs ({sorted(map(str, totals))} records)")
+    elif len(inputs) > 1:
+        problems.append(f"the files were made from different inputs (same number of records, other contents: "
+                        f"{', '.join(inputs.values())} differ)")
     for i, files in sorted(by_index.items()):
         if len(files) > 1:
             problems.append(f"overlap: shard {i}/{next(iter(ns))} is given {len(files)} times: {', '.join(files)}")
