@@ -78,8 +78,11 @@ class Item:
     request: str | None = None  # hash of what is sent: items with equal requests share one answer
 
 
-def _settings(stage: str, teacher, sampling: Sampling, style: str, prompt: str) -> dict:
+def _settings(stage: str, teacher, sampling: Sampling, style: str, prompt: str,
+              reference_critique: str = synth.REFERENCE_CRITIQUES[0]) -> dict:
     settings = {"stage": stage, "model": synth._teacher_name(teacher)}
+    if stage == "critique" and teacher == REFERENCE:  # what its critique holds: a journal of another kind is refused
+        settings["contains"] = reference_critique
     if teacher != REFERENCE:  # sampling means nothing to the offline teacher
         settings["sampling"] = synth.stage_sampling(stage, sampling).as_dict()
     if stage == "critique":
@@ -93,9 +96,10 @@ _CONTENT = ("question", "gold", "reference", "response", "critique", "verdict", 
 
 
 def plan_items(stage: str, numbered: list[tuple[int, Record]], teacher, sampling: Sampling, style: str = "cft",
-               prompt: str = "plain", shard: tuple[int, int] | None = None) -> tuple[list[Item], str]:
+               prompt: str = "plain", shard: tuple[int, int] | None = None,
+               reference_critique: str = synth.REFERENCE_CRITIQUES[0]) -> tuple[list[Item], str]:
     """Items for the records of this shard, and the hash of the run's settings."""
-    settings = _settings(stage, teacher, sampling, style, prompt)
+    settings = _settings(stage, teacher, sampling, style, prompt, reference_critique)
     settings_hash = _hash(settings)[:16]
     used = synth.stage_sampling(stage, sampling).as_dict()
     items = []
@@ -312,10 +316,12 @@ def generate_each(backend, conversations, sampling, on_result, desc: str | None 
 
 def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.PathLike, teacher, sampling: Sampling,
               *, style: str = "cft", prompt: str = "plain", retry_failed: bool = False,
-              shard: tuple[int, int] | None = None, prices: dict | None = None, progress: bool = True) -> dict:
+              shard: tuple[int, int] | None = None, prices: dict | None = None, progress: bool = True,
+              reference_critique: str = synth.REFERENCE_CRITIQUES[0]) -> dict:
     """Run one synthesis stage durably; returns the summary (also saved as OUTPUT.usage.json).
 
-    `teacher` is a backend (the student, for respond) or "reference". Rerunning the same command
+    `teacher` is a backend (the student, for respond) or "reference"; `reference_critique` is what
+    the reference teacher's critique holds (synth.REFERENCE_CRITIQUES). Rerunning the same command
     resumes; `retry_failed` also redoes items that failed before.
     """
     from tqdm.auto import tqdm
@@ -324,6 +330,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
         raise JobError(f"unknown stage {stage!r}; known: {', '.join(synth.STAGE_FIELDS)}")
     if stage == "critique":
         synth.check_style(style)
+        synth.check_reference_critique(reference_critique)
     if stage == "respond" and teacher == REFERENCE:
         raise JobError("respond needs a model: the reference teacher only critiques, refines and solves")
     if stage == "respond" and prompt not in synth.RESPOND_PROMPTS:
@@ -336,7 +343,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
     started = time.time()
 
     numbered, bad_input = scan_records(input_path)
-    items, settings_hash = plan_items(stage, numbered, teacher, sampling, style, prompt, shard)
+    items, settings_hash = plan_items(stage, numbered, teacher, sampling, style, prompt, shard, reference_critique)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     model = synth._teacher_name(teacher)
     used = synth.stage_sampling(stage, sampling)
@@ -353,7 +360,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
             job = group.job
             if job.get("settings") != settings_hash:
                 raise JobError(f"{output}:{group.first_line}: record {group.ids[0]!r} was made by {job.get('model')} with "
-                               f"other settings (model, sampling or prompt style) than this run ({model}); "
+                               f"other settings (model, sampling, prompt style or reference critique) than this run ({model}); "
                                "continue with the same settings, or write to a new output file")
             if job.get("shard") != shard_text:
                 raise JobError(f"{output}:{group.first_line}: record {group.ids[0]!r} belongs to shard "
@@ -385,7 +392,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
                     rec = dataclasses.replace(rec, meta={**rec.meta, stage: {**raw, "error": error}})
                 return [_line(item, rec, stage, block(item, "failed", error=error, **extra))]
             made, _ = synth.apply(stage, item.record, texts, teacher, meta_sampling, item.messages, style=style,
-                                  prompt=prompt, graded=graded)
+                                  prompt=prompt, graded=graded, reference_critique=reference_critique)
             rows = []
             for k, rec in enumerate(made):
                 part_extra = extra if k == 0 else {x: v for x, v in extra.items() if x not in ("usage", "tries")}
@@ -404,7 +411,7 @@ def run_stage(stage: str, input_path: str | os.PathLike, output_path: str | os.P
                 journal.append([_line(item, item.record, stage, block(item, status, reason=item.skip))])
                 bar.update(1)
             elif teacher == REFERENCE:
-                text, graded = synth.reference_output(stage, item.record, style)
+                text, graded = synth.reference_output(stage, item.record, style, reference_critique)
                 journal.append(lines_for(item, [text], {}, graded=graded))
                 run["done"] += 1
                 bar.update(1)

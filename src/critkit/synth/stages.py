@@ -26,6 +26,14 @@ A teacher is either a backend (anything with `generate`, see backends.py) or the
 answer against the gold answer with math-verify, and writes its critique and refinement from the
 reference solution. It is a stand-in for a real teacher on machines without one, and it is named
 for what it is wherever its output is recorded.
+
+What its critique contains is a setting (`reference_critique`, REFERENCE_CRITIQUES): the verdict
+only (the default), the verdict and the correct final answer, or the worked reference solution.
+Its refined answer is the reference solution whichever is chosen. A critique that holds that
+solution, or on a short task its final answer, puts CGD's target in CGD's own input: the model can
+learn to copy it, and at test time no critique is given (CGD section 3: inference uses the question
+alone), so a CGD that beats distilled SFT might only have learned to copy. The verdict alone
+leaves the target to be worked out, as distilled SFT must.
 """
 
 from __future__ import annotations
@@ -42,9 +50,13 @@ from ..prompts import RESPOND_PROMPTS, load_prompt, render, respond_prompt
 from ..data.records import Record
 
 __all__ = ["respond", "critique", "refine", "solve", "parse_verdict", "verify", "REFERENCE", "StageReport", "STAGES",
-           "STAGE_FIELDS", "RESPOND_PROMPTS", "UNCLOSED_NOTE", "thinking_error"]
+           "STAGE_FIELDS", "RESPOND_PROMPTS", "UNCLOSED_NOTE", "thinking_error", "REFERENCE_CRITIQUES",
+           "check_reference_critique"]
 
 REFERENCE = "reference"
+# What the reference teacher's critique of an answer says besides its verdict: nothing, the correct
+# final answer, or the worked reference solution. The first is the default (see the module docstring).
+REFERENCE_CRITIQUES = ("verdict", "answer", "solution")
 # How the in-memory stages count a reply they could not use because its thinking never closed.
 UNCLOSED_NOTE = "failed: unclosed thinking"
 
@@ -112,10 +124,11 @@ def stage_sampling(stage: str, sampling: Sampling) -> Sampling:
     return sampling if stage == "respond" else replace(sampling, n=1)
 
 
-def reference_output(stage: str, rec: Record, style: str = "cft") -> tuple[str, str | None]:
+def reference_output(stage: str, rec: Record, style: str = "cft",
+                     reference_critique: str = REFERENCE_CRITIQUES[0]) -> tuple[str, str | None]:
     """The offline reference teacher's text, and for critique its verdict (= math-verify's grade)."""
     if stage == "critique":
-        return _reference_critique(rec, style)
+        return _reference_critique(rec, style, reference_critique)
     if stage in ("refine", "solve"):
         return rec.reference, None
     raise ValueError(f"the reference teacher cannot {stage}: the student must be a model")
@@ -143,7 +156,8 @@ def thinking_error(stage: str, texts: list[str]) -> str | None:
 
 
 def apply(stage: str, rec: Record, texts: list[str], teacher, sampling: Sampling, messages=None, style: str = "cft",
-          prompt: str = "plain", graded: str | None = None) -> tuple[list[Record], list[str]]:
+          prompt: str = "plain", graded: str | None = None,
+          reference_critique: str = REFERENCE_CRITIQUES[0]) -> tuple[list[Record], list[str]]:
     """The record(s) a stage makes from the generated text(s), and notes for the report.
 
     respond makes one record per sample (`id#k` when sampling.n > 1); the other stages one. Each
@@ -171,6 +185,8 @@ def apply(stage: str, rec: Record, texts: list[str], teacher, sampling: Sampling
         info = {"teacher": name, "style": style, "output": text}
         if teacher != REFERENCE:
             info.update(messages=messages, sampling=sampling.as_dict())
+        else:
+            info["contains"] = reference_critique
         if answer is None:
             meta = {**rec.meta, "critique": {**info, "error": UNCLOSED_THINKING}}
             return [replace(rec, critique=None, verdict=None, meta=meta)], [UNCLOSED_NOTE]
@@ -198,7 +214,7 @@ def raw_texts(stage: str, records: list[Record]) -> list[str]:
 
 
 def _stage(stage: str, records: Iterable[Record], teacher, sampling: Sampling, style: str = "cft",
-           prompt: str = "plain") -> tuple[list[Record], StageReport]:
+           prompt: str = "plain", reference_critique: str = REFERENCE_CRITIQUES[0]) -> tuple[list[Record], StageReport]:
     records = list(records)
     report = StageReport()
     todo: list[int] = []
@@ -211,7 +227,7 @@ def _stage(stage: str, records: Iterable[Record], teacher, sampling: Sampling, s
     out: list[list[Record]] = [[rec] for rec in records]
     used = stage_sampling(stage, sampling)
     if teacher == REFERENCE:
-        outputs = [reference_output(stage, records[i], style) for i in todo]
+        outputs = [reference_output(stage, records[i], style, reference_critique) for i in todo]
         convs = [None] * len(todo)
         results = [([text], graded) for text, graded in outputs]
     else:
@@ -221,7 +237,7 @@ def _stage(stage: str, records: Iterable[Record], teacher, sampling: Sampling, s
         results = [(texts if stage == "respond" else texts[:1] or [""], None) for texts in generated]
     for i, conv, (texts, graded) in zip(todo, convs, results):
         made, notes = apply(stage, records[i], texts, teacher, used if stage == "respond" else sampling, conv,
-                            style=style, prompt=prompt, graded=graded)
+                            style=style, prompt=prompt, graded=graded, reference_critique=reference_critique)
         out[i] = made
         if len(made) > notes.count(UNCLOSED_NOTE):
             report["done"] += len(made) - notes.count(UNCLOSED_NOTE)
@@ -244,26 +260,43 @@ def check_prompt(prompt: str) -> None:
         raise ValueError(f"unknown respond prompt {prompt!r}; use one of {', '.join(RESPOND_PROMPTS)}")
 
 
-def _reference_critique(rec: Record, style: str) -> tuple[str, str]:
+def _reference_critique(rec: Record, style: str, contains: str = REFERENCE_CRITIQUES[0]) -> tuple[str, str]:
+    """The reference teacher's critique: what the answer said, the verdict and, as `contains` asks,
+    the correct final answer or the worked reference solution (for a wrong answer; a right one's
+    final answer is the correct one already)."""
+    check_reference_critique(contains)
     pred = extract_answer(rec.response)
     right = grade(rec.response, rec.gold)
     end = " [END]" if style == "cft" else ""
-    if right:
+    if right and contains == "verdict":
+        text = f"The solution's final answer, {pred}, is correct.\nConclusion: right{end}"
+    elif right:
         text = (f"The solution's final answer, {pred}, matches the reference answer {rec.gold}, "
                 f"and its steps reach it.\nConclusion: right{end}")
     else:
         said = f"The solution's final answer is {pred}" if pred is not None else "The solution gives no final answer"
-        text = f"{said}, but the correct answer is {rec.gold}."
-        if rec.reference:
+        if contains == "verdict":
+            text = f"{said}, which is not correct." if pred is not None else f"{said}."
+        else:
+            text = f"{said}, but the correct answer is {rec.gold}."
+        if contains == "solution" and rec.reference:
             text += f" A correct solution:\n{rec.reference}"
         text += f"\nConclusion: wrong{end}"
     return text, "right" if right else "wrong"
 
 
-def critique(records: Iterable[Record], teacher, sampling: Sampling, style: str = "cft") -> tuple[list[Record], StageReport]:
-    """Teacher critique c and verdict. `style` picks the CFT or the CGD teacher prompt."""
+def critique(records: Iterable[Record], teacher, sampling: Sampling, style: str = "cft",
+             reference_critique: str = REFERENCE_CRITIQUES[0]) -> tuple[list[Record], StageReport]:
+    """Teacher critique c and verdict. `style` picks the CFT or the CGD teacher prompt;
+    `reference_critique` what the offline reference teacher's critique contains (REFERENCE_CRITIQUES)."""
     check_style(style)
-    return _stage("critique", records, teacher, sampling, style=style)
+    check_reference_critique(reference_critique)
+    return _stage("critique", records, teacher, sampling, style=style, reference_critique=reference_critique)
+
+
+def check_reference_critique(contains: str) -> None:
+    if contains not in REFERENCE_CRITIQUES:
+        raise ValueError(f"unknown reference critique {contains!r}; use one of {', '.join(REFERENCE_CRITIQUES)}")
 
 
 def check_style(style: str) -> None:
