@@ -55,14 +55,20 @@ def _backend(args, name: str):
                         tpm=getattr(args, "tpm", None))
 
 
-def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of the durable stage runner (critkit/synth/jobs.py): resume, retries, limits, shards, prices."""
+def _add_request_flags(p: argparse.ArgumentParser, items: str = "records") -> None:
+    """Flags of the durable runners (synth/jobs.py, evaluation/durable.py): retries, limits, --retry-failed."""
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (connect and each read; openai backend)")
     p.add_argument("--max-tries", type=int, default=6,
-                   help="tries per request on 429 / 5xx / timeouts / broken connections, with backoff; then the record is failed")
+                   help="tries per request on 429 / 5xx / timeouts / broken connections / garbled or empty replies, with "
+                        f"backoff; then the {items[:-1]} is failed")
     p.add_argument("--rpm", type=float, help="requests-per-minute limit (openai backend)")
     p.add_argument("--tpm", type=float, help="tokens-per-minute limit (openai backend; prompt chars/4 + max tokens, corrected by usage)")
-    p.add_argument("--retry-failed", action="store_true", help="also redo the records that failed in an earlier run")
+    p.add_argument("--retry-failed", action="store_true", help=f"also redo the {items} that failed in an earlier run")
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the durable stage runner (critkit/synth/jobs.py): resume, retries, limits, shards, prices."""
+    _add_request_flags(p)
     p.add_argument("--shard", help="i/n: process only shard i of n (stable hash of the record id); merge with `critkit merge`")
     p.add_argument("--prices", help="YAML file: {model: {prompt: P, completion: C}} per million tokens")
     p.add_argument("--price-prompt", type=float, help="price per million prompt tokens of this run's model")
@@ -76,7 +82,8 @@ def cmd_stage(args) -> None:
     prices = load_prices(args.prices, who, args.price_prompt, args.price_completion)
     summary = run_stage(args.command, args.input, args.output, _backend(args, who), _sampling(args),
                         style=getattr(args, "style", "cft"), prompt=getattr(args, "prompt", "plain"),
-                        retry_failed=args.retry_failed, shard=parse_shard(args.shard), prices=prices)
+                        retry_failed=args.retry_failed, shard=parse_shard(args.shard), prices=prices,
+                        reference_critique=getattr(args, "reference_critique", "verdict"))
     print(format_summary(summary))
 
 
@@ -170,21 +177,105 @@ def cmd_configs(args) -> None:
         print(f"  {name:<{width}}  {path}")
 
 
+def _lm_eval(args) -> None:
+    """`critkit eval --lm-eval-tasks`: lm-eval's own tasks on the model (evaluation/lmeval.py)."""
+    import json
+
+    from .evaluation.lmeval import run_lm_eval
+
+    if args.backend == "openai" or args.base_url:
+        raise SystemExit("critkit: error: --lm-eval-tasks runs the model in-process (hf or vllm), not through --base-url")
+    model_args = json.loads(args.lm_eval_model_args) if args.lm_eval_model_args else {}
+    if args.backend == "vllm":  # the same vLLM settings as critkit's own vllm backend
+        for flag, key in (("tensor_parallel_size", "tensor_parallel_size"), ("gpu_memory_utilization", "gpu_memory_utilization"),
+                          ("max_model_len", "max_model_len")):
+            if getattr(args, flag, None) is not None:
+                model_args.setdefault(key, getattr(args, flag))
+    try:
+        scores = run_lm_eval(args.model, args.lm_eval_tasks.split(","), args.output, args.lm_eval_include,
+                             engine="vllm" if args.backend == "vllm" else "hf", include_defaults=not args.lm_eval_local_only,
+                             limit=args.limit, num_fewshot=args.lm_eval_num_fewshot, apply_chat_template=args.lm_eval_chat_template,
+                             batch_size=int(size) if (size := args.lm_eval_batch_size) and size.isdigit() else size, model_args=model_args, seed=args.seed)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise SystemExit(f"critkit: error: {exc}") from None
+    print("| lm-eval task | score | n | metric |\n|---|---|---|---|")
+    for s in scores.values():
+        score = "–" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}"
+        print(f"| {s['benchmark']} | {score} | {s['n']} | {s['metric']} |")
+    print(f"  lm-eval: results in {args.output}/lmeval.json, per-sample logs in {args.output}/lmeval_samples/")
+
+
+def _judge(args):
+    """mt_bench's judge: an OpenAI-compatible server, with the request flags (retries, limits) of the model's."""
+    from .engine.backends import make_backend
+
+    if "mt_bench" not in (args.benchmarks or []):
+        return None
+    if not args.judge or not args.judge_base_url:
+        raise SystemExit("critkit: error: mt_bench is graded by a judge: give --judge MODEL --judge-base-url URL")
+    return make_backend(args.judge, "openai", base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                        concurrency=args.concurrency, timeout=args.timeout, max_tries=args.max_tries, rpm=args.rpm, tpm=args.tpm)
+
+
 def cmd_eval(args) -> None:
     from .engine.backends import make_backend
     from .evaluation.evaluate import evaluate
 
+    if args.benchmarks is None:  # gsm8k unless only lm-eval tasks are asked for
+        args.benchmarks = [] if args.lm_eval_tasks else ["gsm8k"]
+    judge = _judge(args)  # before the model loads: a missing judge is an error at once
+    if "ifeval" in args.benchmarks:  # and so is a missing lmeval extra
+        from .evaluation.ifeval import verifiers
+
+        try:
+            verifiers()
+        except ImportError as exc:
+            raise SystemExit(f"critkit: error: {exc}") from None
+    if args.lm_eval_tasks:
+        _lm_eval(args)
+        if not args.benchmarks:
+            return
     backend = make_backend(args.model, args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                           concurrency=args.concurrency, batch_size=args.batch_size, stop_at_answer=args.stop_at_answer)
-    scores = evaluate(backend, args.benchmarks, args.output, _sampling(args), limit=args.limit, mode=args.mode, rounds=args.rounds)
+                           concurrency=args.concurrency, batch_size=args.batch_size, stop_at_answer=args.stop_at_answer,
+                           timeout=args.timeout, max_tries=args.max_tries, rpm=args.rpm, tpm=args.tpm,
+                           kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
+                           gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size)
+    scores = evaluate(backend, args.benchmarks, args.output, _sampling(args), limit=args.limit, mode=args.mode,
+                      rounds=args.rounds, retry_failed=args.retry_failed, judge=judge,
+                      judge_max_new_tokens=args.judge_max_new_tokens)
     extra = [k for k in next(iter(scores.values()), {}) if k.startswith(("pass@", "maj@"))]
-    print("| benchmark | accuracy | n | no answer | critique-format | " + " | ".join(extra) + " |")
-    print("|---" * (5 + len(extra)) + "|")
+    pct = lambda s, k, digits=1: "–" if s.get(k) is None else f"{100 * s[k]:.{digits}f}"  # noqa: E731
+    # accuracy (and pass@k, maj@k) over the answered questions: a failed request is not a wrong answer.
+    print("| benchmark | accuracy | n | failed | no answer | critique-format |" + "".join(f" {k} |" for k in extra))
+    print("|---" * (6 + len(extra)) + "|")
     for name, s in scores.items():
-        print(f"| {s['benchmark']} | {100 * s['accuracy']:.1f} | {s['n']} | {100 * s['no_answer']:.0f}% | "
-              f"{100 * s['critique_format']:.0f}% | " + " | ".join(f"{100 * s[k]:.1f}" for k in extra) + " |")
+        print(f"| {s['benchmark']} | {pct(s, 'accuracy')} | {s['n']} | {s['failed']} | {pct(s, 'no_answer', 0)}% | "
+              f"{pct(s, 'critique_format', 0)}% |" + "".join(f" {pct(s, k)} |" for k in extra))
+    for name, s in scores.items():
+        run = s["this_run"]
+        print(f"  {s['benchmark']}: this run sent {run['sent']} requests ({run['retries']} retries); "
+              f"{run['resumed']} of {run['samples']} samples were done before"
+              + (f"; {run['retried_failed']} failed ones tried again" if run["retried_failed"] else ""))
+        for problem in run["journal_problems"]:
+            print(f"  {s['benchmark']}: journal: {problem}")
+        if run["superseded"]:
+            print(f"  {s['benchmark']}: {run['superseded']} samples of other questions or prompts moved to {run['superseded_file']}")
+        if s["failed"]:
+            print(f"  {s['benchmark']}: {s['failed']} failed, not scored (e.g. {s['failed_examples'][0]['id']}: "
+                  f"{s['failed_examples'][0]['error'][:160]}); rerun with --retry-failed to try them again")
         if s["bad_rows"]:
             print(f"  {name}: {s['bad_rows']} unusable rows, e.g. {s['bad_examples'][0]}")
+        if "prompt_level_strict_acc" in s:  # IFEval's four metrics (evaluation/ifeval.py); accuracy is prompt-level strict
+            print(f"  {name}: prompt-level strict {pct(s, 'prompt_level_strict_acc')}, loose {pct(s, 'prompt_level_loose_acc')}; "
+                  f"instruction-level strict {pct(s, 'inst_level_strict_acc')}, loose {pct(s, 'inst_level_loose_acc')} "
+                  f"({s['instructions']} instructions; sentences split by {s['sentence_model']})")
+            if s["verifier_errors"]:
+                print(f"  {name}: {s['verifier_errors']} responses the verifiers could not check, not scored "
+                      f"(e.g. {s['verifier_error_examples'][0]})")
+        if "score" in s:  # MT-Bench (evaluation/mt_bench.py): mean judge rating, not an accuracy
+            rating = lambda k: "–" if s[k] is None else f"{s[k]:.2f}"  # noqa: E731
+            print(f"  {name}: score {rating('score')} (turn 1 {rating('turn_1')}, turn 2 {rating('turn_2')}) from "
+                  f"{s['ratings']} ratings by {s['judge']}; {s['unparsable']} judgments without a rating, not counted")
 
 
 def cmd_run(args) -> None:
@@ -340,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
             _add_model_flags(p, "teacher", "reference")
         if name == "critique":
             p.add_argument("--style", default="cft", choices=["cft", "cgd"], help="which paper's teacher prompt")
+            p.add_argument("--reference-critique", default="verdict", choices=["verdict", "answer", "solution"],
+                           help="--teacher reference: what its critique holds besides the verdict (the default "
+                                "withholds the reference solution, CGD's target: docs/synthesis.md)")
         p.set_defaults(fn=cmd_stage)
 
     p = sub.add_parser("build", help="training pairs for one method")
@@ -385,14 +479,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on benchmarks")
     _add_model_flags(p, "model", "embedded")
-    p.add_argument("--benchmarks", nargs="+", default=["gsm8k"], help="names (gsm8k, math500, ...), spec .yaml files or records .jsonl")
+    p.add_argument("--benchmarks", nargs="+", help="names (gsm8k, math500, ..., ifeval, mt_bench), spec .yaml files or records .jsonl "
+                   "(default: gsm8k, or none with --lm-eval-tasks)")
     p.add_argument("--output", "-o", default="runs/eval")
+    p.add_argument("--lm-eval-tasks", help="lm-evaluation-harness tasks, comma-separated (bbh,leaderboard_musr,...), run by "
+                   "lm-eval itself on the model (pip install -e '.[lmeval]'); results in OUTPUT/lmeval.json")
+    p.add_argument("--lm-eval-include", action="append", help="folder of lm-eval task YAMLs (repeatable)")
+    p.add_argument("--lm-eval-local-only", action="store_true", help="index only --lm-eval-include folders, not lm-eval's "
+                   "~14,700 own task configs (~35 s)")
+    p.add_argument("--lm-eval-num-fewshot", type=int, help="lm-eval: few-shot examples (default: each task's own)")
+    p.add_argument("--lm-eval-batch-size", help="lm-eval: batch size (default: auto on a GPU, 8 on CPU)")
+    p.add_argument("--lm-eval-chat-template", action="store_true", help="lm-eval: wrap prompts in the model's chat template, "
+                   "few-shot examples as turns (as the Open LLM Leaderboard runs instruct models)")
+    p.add_argument("--lm-eval-model-args", help='lm-eval: extra model_args as JSON, e.g. \'{"parallelize": true}\'')
     p.add_argument("--limit", type=int, help="first N questions of each benchmark")
     p.add_argument("--mode", default="direct", choices=["direct", "self-critique", "self-critique-2stage"],
                    help="direct answers, or CFT appendix A.4 self-critique (single pass / two stages)")
     p.add_argument("--rounds", type=int, default=8, help="self-critique-2stage: most solve attempts")
     p.add_argument("--stop-at-answer", action="store_true", help="end each answer after its first complete \\boxed{} (faster; "
                    "text after the answer is not kept, so format-drift counts see less)")
+    p.add_argument("--kv-cache-gib", type=float, help="transformers backend: memory the key/value cache may take "
+                   "(default: what is free on the GPU); fewer rows decode together when the batch would not fit")
+    p.add_argument("--max-model-len", type=int, help="vllm backend: context length; a longer prompt fails alone")
+    p.add_argument("--gpu-memory-utilization", type=float, help="vllm backend: share of GPU memory it may take (0.9)")
+    p.add_argument("--tensor-parallel-size", type=int, help="vllm backend: GPUs per model")
+    p.add_argument("--judge", help="mt_bench: the judge model, served by an OpenAI-compatible server at --judge-base-url")
+    p.add_argument("--judge-base-url", help="mt_bench: the judge's server, e.g. http://127.0.0.1:8001/v1")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key")
+    p.add_argument("--judge-max-new-tokens", type=int, default=2048, help="mt_bench: the judge's longest judgment (FastChat: 2048)")
+    _add_request_flags(p, "samples")
     p.set_defaults(fn=cmd_eval, max_new_tokens=1024)
 
     p = sub.add_parser("run", help="the whole pipeline from a run config; rerun to resume")
@@ -465,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"critkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Synthesis stages keep every finished record in their output; say how to go on.
+        # Synthesis stages and evaluations keep every finished record or sample in their output; say how to go on.
         print("critkit: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .engine.backends import Sampling, make_backend
+from .synth.stages import REFERENCE_CRITIQUES  # synth.reference_critique: what the reference teacher's critique holds
 from .training.mixtures import Shortfall, TrainingSet, build_set, check_records_files, parse_sets, stages_needed
 from .data.records import read_records, write_jsonl, write_records
 from .config import ConfigError, apply_overrides, load_yaml
@@ -98,7 +99,7 @@ def check_run_config(cfg: RunConfig, where: str = "run config") -> list[Training
     samples = cfg.report.get("html_samples", 0)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"{where}: report.html_samples: expected a whole number >= 0, got {samples!r}")
-    for key, allowed in (("responses", RESPONSES), ("critiques", CRITIQUES)):
+    for key, allowed in (("responses", RESPONSES), ("critiques", CRITIQUES), ("reference_critique", REFERENCE_CRITIQUES)):
         value = cfg.synth.get(key, allowed[0])
         if value not in allowed:
             raise ConfigError(f"{where}: synth.{key}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -283,11 +284,12 @@ def _trained(final: Path) -> bool:
 
 def run(cfg: RunConfig) -> dict:
     from .synth import stages as synth
-    from .evaluation.evaluate import evaluate
+    from .evaluation.evaluate import evaluate, format_accuracy
     from .evaluation.select import holds_model, record_model, set_aside
     from .report.tables import write_report, write_seed_report
 
     sets = check_run_config(cfg)
+    evaluation_judge(cfg)  # mt_bench without a judge: a config error now, not after training
     seeds = training_seeds(cfg)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -323,7 +325,8 @@ def run(cfg: RunConfig) -> dict:
         ("respond", "response", lambda recs: synth.respond(recs, student(), _sampling(student_opts, cfg.seed, max_new_tokens=128),
                                                            prompt=student_opts.get("prompt", "plain"))),
         ("critique", "critique", lambda recs: synth.critique(
-            recs, teacher(), _sampling(teacher_opts, cfg.seed, temperature=0.3, top_p=0.95, max_new_tokens=1024), style=style)),
+            recs, teacher(), _sampling(teacher_opts, cfg.seed, temperature=0.3, top_p=0.95, max_new_tokens=1024), style=style,
+            reference_critique=cfg.synth.get("reference_critique", REFERENCE_CRITIQUES[0]))),
         ("refine", "refined", lambda recs: synth.refine(recs, teacher(), _sampling(teacher_opts, cfg.seed, max_new_tokens=1024))),
         ("solve", "teacher_solution", lambda recs: synth.solve(recs, teacher(), _sampling(teacher_opts, cfg.seed, max_new_tokens=1024))),
     ]
@@ -348,6 +351,11 @@ def run(cfg: RunConfig) -> dict:
 
         step(f"synth {name}", target.exists(), do)
         previous = target
+        if name == "respond" and cfg.synth.get("teacher") not in ("student", "self"):
+            _close_backends(cache.pop("student", None))  # before a local teacher loads
+    # Synthesis is over: its models leave memory before evaluation and training load theirs (a
+    # student cached for the whole run kept its GPU memory, and vLLM then refused to start).
+    _close_backends(cache.pop("teacher", None), cache.pop("student", None))
 
     # Build, train and evaluate each set; the base model is evaluated first.
     bench_paths, bench_names = benchmarks(cfg)
@@ -367,8 +375,12 @@ def run(cfg: RunConfig) -> dict:
         backend = evaluation_backend(cfg, model_path)
         backend.name = name
         try:
-            for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit")).items():
-                print(f"  {name} on {Path(bench).stem}: {100 * scores['accuracy']:.1f}% ({scores['correct']}/{scores['n']})", flush=True)
+            # samples.jsonl is a journal (evaluation/durable.py): an interrupted step resumes from it.
+            for bench, scores in evaluate(backend, bench_paths, eval_root / name, eval_sampling, limit=cfg.eval.get("limit"),
+                                          judge=evaluation_judge(cfg)).items():
+                run = scores["this_run"]
+                print(f"  {name} on {Path(bench).stem}: {format_accuracy(scores)}; generated {run['sent']}, "
+                      f"{run['resumed']} from an earlier run", flush=True)
         finally:
             if hasattr(backend, "close"):  # vLLM holds the GPU until told otherwise
                 backend.close()
@@ -485,6 +497,10 @@ def _train_set(cfg: RunConfig, spec: TrainingSet, files: list[Path], seed: int, 
         merge = cfg.train.get("peft") is not None and not last
         tcfg = _train_config(cfg, spec.name, data=data, output_dir=out, seed=seed, model=model, merge=merge)
         final = out / "final"
+        if merge and _trained(final) and not (out / "merged" / "config.json").exists():
+            from .training.train import merge_saved_adapter
+
+            merge_saved_adapter(final, out / "merged")  # trained, and stopped before its merge ended
         done = _trained(final) and (not merge or (out / "merged" / "config.json").exists())
         title = f"train {label}" + (f" stage {i + 1}/{len(files)} ({method})" if len(files) > 1 else "")
         step(title, done, lambda tcfg=tcfg: train(tcfg) if not cfg.launch else launch_training(tcfg, cfg.launch))
@@ -498,9 +514,36 @@ def evaluation_sampling(cfg: RunConfig) -> Sampling:
 
 
 def evaluation_backend(cfg: RunConfig, model_path: str):
-    # eval.backend: "transformers" (default) or "vllm" on GPUs.
+    # eval.backend: "transformers" (default) or "vllm" on GPUs; eval.kv_cache_gib bounds the
+    # transformers decoder's cache, eval.max_model_len / gpu_memory_utilization are vLLM's.
     return make_backend(model_path, cfg.eval.get("backend", "transformers"), batch_size=cfg.eval.get("batch_size", 64),
-                        tensor_parallel_size=cfg.eval.get("tensor_parallel_size"))
+                        tensor_parallel_size=cfg.eval.get("tensor_parallel_size"), kv_cache_gib=cfg.eval.get("kv_cache_gib"),
+                        max_model_len=cfg.eval.get("max_model_len"),
+                        gpu_memory_utilization=cfg.eval.get("gpu_memory_utilization"))
+
+
+def evaluation_judge(cfg: RunConfig):
+    """mt_bench's judge (evaluation/mt_bench.py): eval.judge served at eval.judge_base_url, an
+    OpenAI-compatible server, its key in eval.judge_api_key_env; None when mt_bench is not evaluated."""
+    if "mt_bench" not in cfg.eval.get("benchmarks", []):
+        return None
+    if not cfg.eval.get("judge") or not cfg.eval.get("judge_base_url"):
+        raise ConfigError("eval.benchmarks has mt_bench, which a judge grades: set eval.judge (its model name) and "
+                          "eval.judge_base_url (an OpenAI-compatible server)")
+    return make_backend(cfg.eval["judge"], "openai", base_url=cfg.eval["judge_base_url"],
+                        api_key_env=cfg.eval.get("judge_api_key_env", "OPENAI_API_KEY"))
+
+
+def _close_backends(*backends) -> None:
+    """Close each distinct backend that holds a model (the teacher may be the student itself)."""
+    from .engine.models import release_memory
+
+    seen = set()
+    for backend in backends:
+        if backend is not None and id(backend) not in seen and hasattr(backend, "close"):
+            seen.add(id(backend))
+            backend.close()
+    release_memory()
 
 
 def validation_tests(cfg: RunConfig) -> list[str]:

@@ -24,8 +24,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..data.records import atomic_path
+from .claims import CLAIM_HEADERS, CLAIMS_NOTE, claim_rows
 from .samples import BASE, SYNTHESIS, FLAGS, RunSamples
 from .summary import SynthStats, accuracy_table, build_info, read_json, stage_counts, step_times, synth_stats
+from .tables import glance, glance_lines
 
 __all__ = ["write_html_report", "render_page", "script_json", "DEFAULT_SAMPLES"]
 
@@ -216,8 +218,14 @@ def _results_section(root: Path, index: RunSamples, results: dict, problems: lis
             accs, deltas = [], []
             for b in benches:
                 c = cells.get(b)
-                accs.append("–" if not c else f"{_pct(c['accuracy'])} <span class=muted>± {_pct(c.get('ci95'))} "
-                            f"({_count(c['correct'])}/{_count(c['n'])})</span>")
+                failed = f", {_count(c['failed'])} failed" if c and c.get("failed") else ""
+                if c and "score" in c["scores"]:  # MT-Bench: a mean judge rating (1-10), not an accuracy
+                    score = c["scores"]["score"]
+                    accs.append(f"{'–' if not isinstance(score, (int, float)) else f'{score:.2f}'}/10 <span class=muted>"
+                                f"({_count(c['scores'].get('ratings'))} ratings{failed})</span>")
+                else:
+                    accs.append("–" if not c else f"{_pct(c['accuracy'])} <span class=muted>± {_pct(c.get('ci95'))} "
+                                f"({_count(c['correct'])}/{_count(c['answered'])} answered{failed})</span>")
                 d = (c or {}).get("delta")
                 deltas.append("–" if not d else f"<span class='{'sig' if d['significant'] else ''}'>"
                               f"{100 * d['difference']:+.1f} ± {_pct(d['ci95_half_width'])}</span>"
@@ -228,7 +236,17 @@ def _results_section(root: Path, index: RunSamples, results: dict, problems: lis
             rows.append([f"<b>{e(model)}</b>", *checkpoint, *accs, *deltas, avg(shares("critique_format")), avg(shares("no_answer")),
                          _raw({b: c["scores"] for b, c in cells.items()}, "scores.json")])
         out.append(_table(headers, rows, "results"))
-        out.append("<p class=note>Accuracy: mean over each question's samples, ± the half-width of its 95% interval "
+        glances = {m: glance({b: c["scores"] for b, c in table[m].items()}) for m in index.models if table.get(m)}
+        if glance_lines(glances):  # only when a general benchmark (IFEval, MT-Bench) was evaluated, as in report.md
+            mt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+            out.append("<h3 id=glance>Drift at a glance</h3>" + _table(
+                ["model", "math avg %", "IFEval %", "MT-Bench", "critique-format"],
+                [[f"<b>{e(m)}</b>", _pct(g["math_avg"]), _pct(g["ifeval"]), mt(g["mt_bench"]),
+                  "–" if g["critique_format"] is None else f"{_pct(g['critique_format'], 0)}%"] for m, g in glances.items()]))
+            out.append("<p class=note>Math: mean accuracy over the math benchmarks; IFEval: prompt-level strict accuracy; "
+                       "MT-Bench: mean judge rating (1-10); critique-format: share of outputs that look like critiques.</p>")
+        out.append("<p class=note>Accuracy: mean over each question's samples (over the answered ones: a failed request "
+                   "is not a wrong answer), ± the half-width of its 95% interval "
                    "(normal approximation, as report.png draws it). Δ: paired difference from "
                    f"<code>{BASE}</code> on the same questions with its 95% interval, as in report.md and results.json; "
                    "<span class=sig>bold</span> when the interval excludes 0.</p>")
@@ -245,6 +263,10 @@ def _results_section(root: Path, index: RunSamples, results: dict, problems: lis
         out.append("<h3>Over training seeds</h3>" + _table(["set", "seeds", *(f"{e(b)} %" for b in benches),
                                                               *(f"Δ {e(b)}" for b in benches)], rows))
         out.append("<p class=note>Mean ± sample standard deviation over the seeds that finished (results.json).</p>")
+    claims = claim_rows(read_json(root / "claims.json", problems), problems)  # the papers' claims (claims.py)
+    if claims:
+        out.append("<h3 id=claims>Claims</h3>" + _table([e(h) for h in CLAIM_HEADERS], [[e(c) for c in row] for row in claims])
+                   + f"<p class=note>{e(CLAIMS_NOTE)}</p>")
     # The run's own plots: report.png (accuracy), loss.png, and select/accuracy.png (checkpoints) when there.
     pngs = sorted(root.glob("*.png")) + sorted(root.glob("select/*.png"))
     figures = [_image(p, str(p.relative_to(root)), problems) for p in pngs]

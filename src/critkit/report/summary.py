@@ -53,10 +53,15 @@ def accuracy_table(samples: RunSamples, problems: list[str]) -> dict:
             scores = read_json(samples.root / "eval" / model / bench / "scores.json", problems)
             if not isinstance(scores, dict):
                 continue
-            acc, n = _num(scores.get("accuracy")), _num(scores.get("n"))
-            cell = {"scores": scores, "accuracy": acc, "n": n, "correct": scores.get("correct")}
-            if acc is not None and n:
-                cell["ci95"] = 1.96 * math.sqrt(max(0.0, acc * (1 - acc)) / n)
+            # Accuracy is over the answered questions: a failed request is not a wrong answer. scores.json
+            # files from before failures were counted have no `answered`: all of n were answered.
+            acc, n, failed = _num(scores.get("accuracy")), _num(scores.get("n")), _num(scores.get("failed")) or 0
+            answered = _num(scores.get("answered"))
+            answered = answered if answered is not None else (n - failed if n is not None else None)
+            cell = {"scores": scores, "accuracy": acc, "n": n, "answered": answered, "failed": failed,
+                    "correct": scores.get("correct")}
+            if acc is not None and answered:
+                cell["ci95"] = 1.96 * math.sqrt(max(0.0, acc * (1 - acc)) / answered)
             if model != BASE and (BASE, bench) in per_question and (model, bench) in per_question:
                 d, hw, m = paired_difference(per_question[(model, bench)], per_question[(BASE, bench)])
                 cell["delta"] = {"difference": d, "ci95_half_width": hw, "n": m, "significant": bool(abs(d) > hw)}

@@ -12,13 +12,31 @@ import math
 from pathlib import Path
 
 from ..data.records import read_jsonl
+from ..evaluation.evaluate import format_accuracy
+from .claims import claims_section
 
-__all__ = ["collect", "paired_difference", "write_report", "write_collection", "write_seed_report", "write_table", "mean_std"]
+__all__ = ["collect", "paired_difference", "write_report", "write_collection", "write_seed_report", "write_table", "mean_std",
+           "GENERAL_BENCHMARKS", "glance", "glance_lines"]
+
+# Benchmarks of general ability, not math: kept out of the math average and shown beside it, so that
+# a model that gains math and loses instruction following (CGD's finding for CFT: Llama-3.1-8B IFEval
+# 76.9 -> 55.6) or drifts into writing critiques shows at a glance.
+GENERAL_BENCHMARKS = ("ifeval", "mt_bench")
+
+
+def is_general(bench: str) -> bool:
+    """IFEval, MT-Bench and lm-eval's tasks (lmeval-<task>: BBH, MUSR, TruthfulQA...) are not math."""
+    return bench in GENERAL_BENCHMARKS or bench.startswith("lmeval-")
 
 
 def _correct_by_id(samples_path: Path) -> dict[str, float]:
-    """Per question, the fraction of its samples graded correct (1.0 or 0.0 with one sample)."""
-    return {row["id"]: sum(row["correct"]) / len(row["correct"]) for _, row in read_jsonl(samples_path)}
+    """Per question, the fraction of its samples graded correct (1.0 or 0.0 with one sample).
+
+    A sample whose request failed has no grade (evaluation/durable.py) and is left out: the
+    paired difference is taken over the questions both models answered.
+    """
+    return {row["id"]: sum(row["correct"]) / len(row["correct"]) for _, row in read_jsonl(samples_path)
+            if isinstance(row.get("correct"), list) and row["correct"]}
 
 
 def paired_difference(model: dict[str, float], base: dict[str, float]) -> tuple[float, float, int]:
@@ -69,10 +87,10 @@ def write_report(eval_root: Path, models: list[str], benchmarks: list[str], out_
             if not s:
                 cells.append("–")
                 continue
-            cells.append(f"{100 * s['accuracy']:.1f} ({s['correct']}/{s['n']})")
+            cells.append(format_accuracy(s, unit=""))
             drift.append(s["critique_format"])
             missing.append(s["no_answer"])
-            if model != base and (eval_root / base / bench / "samples.jsonl").exists():
+            if model != base and s.get("accuracy") is not None and (eval_root / base / bench / "samples.jsonl").exists():
                 d, hw, n = paired_difference(_correct_by_id(eval_root / model / bench / "samples.jsonl"),
                                              _correct_by_id(eval_root / base / bench / "samples.jsonl"))
                 deltas.append((bench, d, hw, n))
@@ -82,15 +100,51 @@ def write_report(eval_root: Path, models: list[str], benchmarks: list[str], out_
         lines.append(f"| {model} | {chosen}" + " | ".join(cells) + f" | {delta} | {avg(drift)} | {avg(missing)} |")
         summary[model] = {"scores": row, "delta_vs_base": [
             {"benchmark": b, "difference": d, "ci95_half_width": hw, "n": n, "significant": bool(abs(d) > hw)}
-            for b, d, hw, n in deltas]}
+            for b, d, hw, n in deltas], "glance": glance(row)}
         if model in selections:
             summary[model]["checkpoint"] = _checkpoint_entry(selections[model])
-    lines += [*_selection_lines(selections), "", *notes]
+    lines += glance_lines({m: summary[m]["glance"] for m in models if results.get(m)})
+    # The papers' claims, where the run has their sets (claims.py; also claims.json).
+    claims = claims_section(eval_root, {m: [m] for m in models if m != base}, benchmarks, out_dir)
+    lines += [*_selection_lines(selections), *claims, "", *notes]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
     _plot(results, models, benchmarks, out_dir / "report.png", title)
     return summary
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
+
+
+def glance(scores: dict[str, dict]) -> dict:
+    """One model's drift at a glance from its scores per benchmark: the mean accuracy over its math
+    benchmarks, IFEval prompt-level strict, the MT-Bench score (1-10), and the share of its outputs,
+    over every benchmark, that look like critiques (evaluation/drift.py). None where not evaluated."""
+    math = {b: s.get("accuracy") for b, s in scores.items() if not is_general(b)}
+    return {"math_avg": _mean(list(math.values())), "math_benchmarks": sorted(b for b, a in math.items() if a is not None),
+            "ifeval": (scores.get("ifeval") or {}).get("prompt_level_strict_acc"),
+            "mt_bench": (scores.get("mt_bench") or {}).get("score"),
+            "critique_format": _mean([s.get("critique_format") for s in scores.values()])}
+
+
+def glance_lines(glances: dict[str, dict]) -> list[str]:
+    """The report's "Drift at a glance" table ({model: glance()}); nothing when no model has a general
+    benchmark (the quickstart's report stays as it was)."""
+    if not any(g["ifeval"] is not None or g["mt_bench"] is not None for g in glances.values()):
+        return []
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["", "## Drift at a glance", "",
+             "Math: mean accuracy (%) over the math benchmarks; IFEval: prompt-level strict accuracy (%); MT-Bench: "
+             "mean judge rating (1-10); critique-format: share of outputs that look like critiques, over every benchmark.",
+             "", "| model | math avg | IFEval | MT-Bench | critique-format |", "|---|---|---|---|---|"]
+    for model, g in glances.items():
+        mt = "–" if g["mt_bench"] is None else f"{g['mt_bench']:.2f}"
+        cf = "–" if g["critique_format"] is None else f"{100 * g['critique_format']:.0f}%"
+        lines.append(f"| {model} | {pct(g['math_avg'])} | {pct(g['ifeval'])} | {mt} | {cf} |")
+    return lines
 
 
 def _chosen(selection: dict | None) -> str:
@@ -137,8 +191,8 @@ def _plot(results: dict, models: list[str], benchmarks: list[str], path: Path, t
     for model in models:
         for bench in benchmarks:
             s = results.get(model, {}).get(bench)
-            if s:
-                p, n = s["accuracy"], max(1, s["n"])
+            if s and s["accuracy"] is not None:  # None: no question answered (every request failed)
+                p, n = s["accuracy"], max(1, s.get("answered", s["n"]))
                 means.setdefault(model, {})[bench] = p
                 errs.setdefault(model, {})[bench] = 1.96 * math.sqrt(p * (1 - p) / n)
     plot_bars(means, errs, benchmarks, path, title)
@@ -172,25 +226,42 @@ def write_collection(run_dirs: list[Path], out_dir: Path, title: str = "critkit 
     """A table like CFT Table 2 (models x benchmarks, with the average) as markdown, CSV and PNG."""
     import csv
 
-    results, benchmarks = collect_runs(run_dirs)
+    results, found = collect_runs(run_dirs)
+    # The math benchmarks, their average, then the general ones (IFEval, MT-Bench, lm-eval tasks) and the
+    # critique-format share: a model's drift at a glance. Without general benchmarks the table is as before.
+    math = [b for b in found if not is_general(b)]
+    general = [b for b in found if is_general(b)]
+    benchmarks = [*math, *general]
     models = list(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in models:
         accs = [results[model].get(b, {}).get("accuracy") for b in benchmarks]
-        present = [a for a in accs if a is not None]
-        avg = sum(present) / len(present) if len(present) == len(benchmarks) and present else None
+        present = [a for a, b in zip(accs, benchmarks) if a is not None and b in math]
+        avg = sum(present) / len(present) if len(present) == len(math) and present else None
         rows.append((model, accs, avg))
     fmt = lambda a: "–" if a is None else f"{100 * a:.1f}"
-    lines = [f"# {title}", "", "| model | " + " | ".join(benchmarks) + " | avg |", "|---" * (len(benchmarks) + 2) + "|"]
-    lines += [f"| {m} | " + " | ".join(fmt(a) for a in accs) + f" | {fmt(avg)} |" for m, accs, avg in rows]
-    lines += ["", "Average only where a model has every benchmark. Per-sample outputs: `<run>/eval/<model>/<benchmark>/samples.jsonl`."]
+    # MT-Bench has a mean rating (1-10), not an accuracy.
+    rating = lambda m: "–" if results[m].get("mt_bench", {}).get("score") is None else f"{results[m]['mt_bench']['score']:.2f}"  # noqa: E731
+    cells = lambda m, accs, avg: [*map(fmt, accs[:len(math)]), fmt(avg),  # noqa: E731
+                                  *(rating(m) if b == "mt_bench" else fmt(a) for a, b in zip(accs[len(math):], general))]
+    shares = {m: glance(results[m])["critique_format"] for m in models} if general else {}
+    share = lambda m: [] if not general else ["–" if shares[m] is None else f"{100 * shares[m]:.0f}%"]  # noqa: E731
+    header = [*math, "math avg" if general else "avg", *general, *(["critique-format"] if general else [])]
+    lines = [f"# {title}", "", "| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join([*cells(m, accs, avg), *share(m)]) + " |" for m, accs, avg in rows]
+    lines += ["", ("Math average only where a model has every math benchmark; IFEval is prompt-level strict accuracy; "
+                   "MT-Bench is the mean judge rating (1-10); critique-format is the share of a model's outputs that "
+                   "look like critiques."
+                   if general else "Average only where a model has every benchmark.")
+              + " Per-sample outputs: `<run>/eval/<model>/<benchmark>/samples.jsonl`."]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     with open(out_dir / "table.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", *benchmarks, "avg"])
+        writer.writerow(["model", *benchmarks, "avg", *(["critique_format"] if general else [])])
         for m, accs, avg in rows:
-            writer.writerow([m, *("" if a is None else f"{100 * a:.2f}" for a in accs), "" if avg is None else f"{100 * avg:.2f}"])
+            writer.writerow([m, *("" if a is None else f"{100 * a:.2f}" for a in accs), "" if avg is None else f"{100 * avg:.2f}",
+                             *([] if not general else ["" if shares[m] is None else f"{100 * shares[m]:.2f}"])])
     _plot(results, models, benchmarks, out_dir / "table.png", title)
     return {"models": models, "benchmarks": benchmarks, "rows": rows}
 
@@ -239,7 +310,7 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
                 continue
             deltas = {}
             for bench in scores:
-                if (eval_root / base / bench / "samples.jsonl").exists():
+                if scores[bench].get("accuracy") is not None and (eval_root / base / bench / "samples.jsonl").exists():
                     d, hw, n = paired_difference(_correct_by_id(eval_root / label / bench / "samples.jsonl"),
                                                  _correct_by_id(eval_root / base / bench / "samples.jsonl"))
                     deltas[bench] = {"difference": d, "ci95_half_width": hw, "n": n, "significant": bool(abs(d) > hw)}
@@ -248,7 +319,8 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
                 entry["seeds"][seed]["checkpoint"] = _checkpoint_entry(selections[label])
             per_seed_rows.append((name, seed, scores, deltas, label))
         for bench in benchmarks:
-            accs = [s["scores"][bench]["accuracy"] for s in entry["seeds"].values() if bench in s["scores"]]
+            accs = [s["scores"][bench]["accuracy"] for s in entry["seeds"].values()
+                    if s["scores"].get(bench, {}).get("accuracy") is not None]
             diffs = [s["delta_vs_base"][bench]["difference"] for s in entry["seeds"].values() if bench in s["delta_vs_base"]]
             if accs:
                 entry["mean"][bench], entry["std"][bench] = mean_std(accs)
@@ -263,15 +335,15 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
     lines += ["| model | seeds | " + " | ".join(benchmarks) + " | Δ vs base | critique-format | no answer |",
               "|" + "---|" * (len(benchmarks) + 5)]
     if base_scores:
-        cells = [f"{100 * base_scores[b]['accuracy']:.1f} ({base_scores[b]['correct']}/{base_scores[b]['n']})"
-                 if b in base_scores else "–" for b in benchmarks]
+        cells = [format_accuracy(base_scores[b], unit="") if b in base_scores else "–" for b in benchmarks]
         lines.append(f"| {base} | – | " + " | ".join(cells) + f" | – | {_share(base_scores, 'critique_format')} | "
                      f"{_share(base_scores, 'no_answer')} |")
     for name in labels:
         seeds = summary[name]["seeds"]
         cells, deltas, all_scores = [], [], {}
         for bench in benchmarks:
-            cells.append(_pm([s["scores"][bench]["accuracy"] for s in seeds.values() if bench in s["scores"]]))
+            cells.append(_pm([s["scores"][bench]["accuracy"] for s in seeds.values()
+                              if s["scores"].get(bench, {}).get("accuracy") is not None]))
             diffs = [s["delta_vs_base"][bench]["difference"] for s in seeds.values() if bench in s["delta_vs_base"]]
             if diffs:
                 deltas.append(_pm(diffs, sign=True))
@@ -280,16 +352,25 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
                 all_scores[f"{s['label']}/{bench}"] = sc
         lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {'; '.join(deltas) or '–'} | "
                      f"{_share(all_scores, 'critique_format')} | {_share(all_scores, 'no_answer')} |")
+    # At a glance: each set's numbers averaged over its seeds.
+    glances = {base: glance(base_scores)} if base_scores else {}
+    for name in labels:
+        per_seed = [glance(s["scores"]) for s in summary[name]["seeds"].values()]
+        if per_seed:
+            glances[name] = {**per_seed[0], **{k: _mean([g[k] for g in per_seed])
+                                               for k in ("math_avg", "ifeval", "mt_bench", "critique_format")}}
+            summary[name]["glance"] = glances[name]
+    lines += glance_lines(glances)
     chosen = "checkpoint | " if selections else ""
     lines += ["", "## Per seed", "", f"| model | seed | {chosen}" + " | ".join(benchmarks) + " | Δ vs base (95% CI) |",
               "|" + "---|" * (len(benchmarks) + 3 + bool(selections))]
     for name, seed, scores, deltas, label in per_seed_rows:
-        cells = [f"{100 * scores[b]['accuracy']:.1f} ({scores[b]['correct']}/{scores[b]['n']})" if b in scores else "–"
-                 for b in benchmarks]
+        cells = [format_accuracy(scores[b], unit="") if b in scores else "–" for b in benchmarks]
         delta = "; ".join(f"{100 * d['difference']:+.1f} ± {100 * d['ci95_half_width']:.1f}" for d in deltas.values()) or "–"
         chosen = f"{_chosen(selections.get(label))} | " if selections else ""
         lines.append(f"| {name} | {seed} | {chosen}" + " | ".join(cells) + f" | {delta} |")
-    lines += [*_selection_lines(selections), "", *notes]
+    claims = claims_section(eval_root, {name: [label for _, label in runs] for name, runs in labels.items()}, benchmarks, out_dir)
+    lines += [*_selection_lines(selections), *claims, "", *notes]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
@@ -298,17 +379,21 @@ def write_seed_report(eval_root: Path, labels: dict[str, list[tuple[int, str]]],
         writer.writerow(["model", "seed", "benchmark", "accuracy", "correct", "n", "delta_vs_base", "delta_ci95_half_width",
                          "checkpoint"])
         for bench, s in base_scores.items():
-            writer.writerow([base, "", bench, f"{s['accuracy']:.6f}", s["correct"], s["n"], "", "", ""])
+            writer.writerow([base, "", bench, _fraction(s["accuracy"]), s["correct"], s["n"], "", "", ""])
         for name, seed, scores, deltas, label in per_seed_rows:
             for bench, s in scores.items():
                 d = deltas.get(bench, {})
-                writer.writerow([name, seed, bench, f"{s['accuracy']:.6f}", s["correct"], s["n"],
+                writer.writerow([name, seed, bench, _fraction(s["accuracy"]), s["correct"], s["n"],
                                  f"{d['difference']:.6f}" if d else "", f"{d['ci95_half_width']:.6f}" if d else "",
                                  selections[label]["best"] if label in selections else ""])
     if base_scores:
-        plot_means = {base: {b: s["accuracy"] for b, s in base_scores.items()}, **plot_means}
+        plot_means = {base: {b: s["accuracy"] for b, s in base_scores.items() if s["accuracy"] is not None}, **plot_means}
     plot_bars(plot_means, plot_errs, benchmarks, out_dir / "report.png", title)
     return summary
+
+
+def _fraction(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def _share(scores: dict, key: str) -> str:
@@ -357,6 +442,8 @@ def write_table(rows: list[dict], benchmarks: list[str], out_dir: Path, title: s
 
     table = []
     for row in rows:
+        # A benchmark where no question was answered (every request failed) has no accuracy: missing.
+        row = {**row, "seeds": {k: {b: v for b, v in s.items() if v is not None} for k, s in row["seeds"].items()}}
         per_bench = {b: [s[b] for s in row["seeds"].values() if b in s] for b in benchmarks}
         avgs = [sum(s[b] for b in benchmarks) / len(benchmarks) for s in row["seeds"].values()
                 if benchmarks and all(b in s for b in benchmarks)]
