@@ -31,7 +31,8 @@ def records():
         else:
             response = "Let me work it out step by step. " * (2 + i % 3) + f"The answer is \\boxed{{{int(rec.gold) + 1}}}."
         answered.append(replace(rec, response=response))
-    critiqued, _ = synth.critique(answered, synth.REFERENCE, Sampling())
+    # Critiques that quote the reference solution: longer than the answers, which length matching needs.
+    critiqued, _ = synth.critique(answered, synth.REFERENCE, Sampling(), reference_critique="solution")
     refined, _ = synth.refine(critiqued, synth.REFERENCE, Sampling())
     return refined
 

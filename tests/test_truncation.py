@@ -131,7 +131,7 @@ def test_run_build_step_reports_truncation(tiny_model, tmp_path, capsys):
     config = {
         "name": "cut", "output_dir": str(tmp_path / "run"), "model": tiny_model, "seed": 0,
         "data": {"train": "demo", "test": "demo", "demo": {"train": 6, "test": 2}},
-        "synth": {"teacher": "reference", "critique_style": "cft",
+        "synth": {"teacher": "reference", "critique_style": "cft", "reference_critique": "solution",
                   "student": {"max_new_tokens": 4, "batch_size": 6, "temperature": 1.0}},
         "methods": ["cft"],
         # Short enough to cut the reference teacher's critiques before their conclusion line.
