@@ -42,24 +42,27 @@ def write_reply(handler: BaseHTTPRequestHandler, status: int, headers: dict, bod
 
 
 class ScriptedTeacher:
-    """A backend object for `critkit.engine.serve.serve`: instant (or `delay` seconds per call), counted."""
+    """A backend object for `critkit.engine.serve.serve`: instant (or `delay` seconds per call), counted.
 
-    def __init__(self, name: str = "scripted", delay: float = 0.0):
-        self.name, self.delay = name, delay
+    `sign` is written before every reply, so that tests with two teachers can tell whose reply a record holds.
+    """
+
+    def __init__(self, name: str = "scripted", delay: float = 0.0, sign: str = ""):
+        self.name, self.delay, self.sign = name, delay, sign
         self.calls = 0  # serve() holds a lock around generate, so this count is exact
 
     def generate(self, conversations, sampling, desc=""):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
-        return [[scripted_reply(c)] * sampling.n for c in conversations]
+        return [[self.sign + scripted_reply(c)] * sampling.n for c in conversations]
 
 
 class ScriptedServer:
     """critkit's OpenAI-compatible server in a thread, answering with `scripted_reply`."""
 
-    def __init__(self, delay: float = 0.0):
-        self.teacher = ScriptedTeacher(delay=delay)
+    def __init__(self, delay: float = 0.0, sign: str = ""):
+        self.teacher = ScriptedTeacher(delay=delay, sign=sign)
         self.server, self.thread = serve(self.teacher)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 

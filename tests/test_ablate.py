@@ -38,7 +38,9 @@ WEBINSTRUCT_CFT_600K = "data/WebInstruct-CFT-600K.json"
 
 def test_every_packaged_ablation_is_listed_here():
     folder = resources.files("critkit").joinpath("configs", "ablations")
-    assert sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) == sorted(ABLATIONS)
+    # study-critique is the small-scale study's (issue 15), not a paper's: tests/test_reference_critique.py loads it.
+    assert sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) == sorted(
+        [*ABLATIONS, "study-critique"])
 
 
 @pytest.fixture(scope="module")
@@ -215,15 +217,7 @@ def tiny(tiny_model, tmp_path_factory):
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     answered = _answered(24)
     write_records(root / "answered.jsonl", answered)
-    # Local stand-ins for the papers' source files, in their own formats.
-    write_jsonl(root / "webinstruct.json", [
-        {"instruction": "Please critique whether the following solution to the question is correct.",
-         "input": f"Question:\n{r.question}\n\nSolution:\n{r.response}",
-         "output": f"The answer is {'right' if i % 3 == 0 else 'wrong'}.\nConclusion: {'right' if i % 3 == 0 else 'wrong'} [END]"}
-        for i, r in enumerate(answered[:8])])
-    write_jsonl(root / "metamath.jsonl", [{"query": r.question, "response": f"{r.reference}\nThe answer is: {r.gold}", "type": "demo"}
-                                          for r in answered[:8]])
-    write_jsonl(root / "numina.jsonl", [{"problem": r.question, "solution": r.response, "source": "demo"} for r in answered[8:16]])
+    # A local stand-in for the AceMath SFT file, in its own format.
     write_jsonl(root / "acemath.jsonl", [{"messages": [{"role": "user", "content": r.question},
                                                        {"role": "assistant", "content": r.reference}], "answer": r.gold}
                                          for r in answered[16:24]])
@@ -244,47 +238,55 @@ def _packaged_methods(name: str, paths: dict[str, str]) -> list:
     return methods
 
 
-def _extra(name: str, tiny: Path) -> list[str]:
+def _extra(name: str, tiny: Path, teachers: dict[str, str]) -> list[str]:
     answered = [f"data.train={tiny / 'answered.jsonl'}", "data.source=critkit"]
-    if name == "cft-table5-sources":
-        return [f"variants.webinstruct.data.train={tiny / 'webinstruct.json'}", f"variants.metamath.data.train={tiny / 'metamath.jsonl'}",
-                f"variants.numina.data.train={tiny / 'numina.jsonl'}", "synth.teacher=reference"]
     if name == "cft-table6-responses":  # the student's answers as short as the base config's
         return [*answered, "synth.teacher=reference", "synth.student.max_new_tokens=8"]
-    if name == "cft-table10-length":
-        return [*answered, "synth.teacher=reference"]
-    if name == "cft-table7-teacher":
-        return ["synth.teacher=reference"]  # both teachers become the offline one: the mechanics, not the result
+    if name == "cft-table10-length":  # critiques with the worked solution: as long as the answers, so some match
+        return [*answered, "synth.teacher=reference", "synth.reference_critique=solution"]
+    if name == "cft-table7-teacher":  # each teacher a scripted server of its own (see the test)
+        return [f"variants.{variant}.synth.teacher={{model: {variant}, backend: openai, base_url: '{url}', concurrency: 2}}"
+                for variant, url in teachers.items()]
     if name == "cft-table9-mix":  # LoRA, so the two-stage set merges its first stage; a local AceMath stand-in
         return ["train.peft={r: 4, lora_alpha: 8, target_modules: all-linear}",
                 f"methods={json.dumps(_packaged_methods(name, {ACEMATH_50K: str(tiny / 'acemath.jsonl')}))}"]
-    if name == "cft-table2-baselines":  # the offline teacher writes sft-teacher's answers; a small judged pool
-        methods = _packaged_methods(name, {WEBINSTRUCT_CFT_600K: str(tiny / "webinstruct.json")})
-        methods[1]["size"] = 2  # the pool holds 3 answers judged right
-        return ["synth.teacher=reference", f"methods={json.dumps(methods)}"]
     if name == "cgd-fig5-ratio":  # the packaged fractions at a size 24 answered problems can fill (8 right, 16 wrong)
         methods = [{**m, "size": 8} for m in load_yaml(find_config(name, "ablations").read_text())["set"]["methods"]]
         return [*answered, f"methods={json.dumps(methods)}"]
     return []
 
 
-# All but one run end to end. The teachers of cft-table7-teacher and cft-table2-baselines become the
-# offline reference teacher, so they check the mechanics, not the result. cgd-fig7-lr is cgd-table4-lr
-# with three more learning rates (its load test pins them): running it too would add five trainings and
-# evaluations and no code path.
-END_TO_END = [name for name in ABLATIONS if name != "cgd-fig7-lr"]
+# Six run end to end, each for mechanics that no other test runs through `critkit ablate`: a
+# two-stage set that merges its LoRA stage and a mixture from another file (cft-table9-mix); one
+# synthesis shared by variants, several seeds and a resume (cgd-table4-lr); sets of a fixed size and
+# right fraction (cgd-fig5-ratio); a teacher per variant over HTTP (cft-table7-teacher); the
+# student's own answers replacing a dataset's (cft-table6-responses); length matching counted in
+# the student's tokens (cft-table10-length). The other four are checked where their mechanics
+# live: their configs load and expand at the papers' settings (above), records pools with a size in
+# test_mixtures.py, source mappings in test_sources.py, the methods of cgd-fig4-critique and
+# cft-table2-baselines in test_run.py; each added 10-30 s here and no code path.
+END_TO_END = ["cft-table9-mix", "cgd-table4-lr", "cgd-fig5-ratio", "cft-table7-teacher", "cft-table6-responses",
+              "cft-table10-length"]
 
 
 @pytest.mark.parametrize("name", END_TO_END)
 def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path):
+    from synth_servers import ScriptedServer
+
     variants, sets = ABLATIONS[name]
     out = tmp_path / name
     seeds = 2 if name == "cgd-table4-lr" else 1
-    lr_sweep = name in ("cgd-table4-lr", "cgd-fig7-lr")
+    lr_sweep = name == "cgd-table4-lr"
     extra = ["methods=[cgd]"] if lr_sweep else []  # the variants x seeds of one method are enough
     sets = ["cgd"] if lr_sweep else sets
-    assert main(["ablate", name, f"base={tiny / 'base.yaml'}", f"output_dir={out}", f"seeds={seeds}",
-                 *_extra(name, tiny), *extra]) == 0
+    # Two teachers that sign their replies, so each critique shows which one wrote it.
+    servers = {v: ScriptedServer(sign=f"[{v}] ") for v in variants} if name == "cft-table7-teacher" else {}
+    try:
+        assert main(["ablate", name, f"base={tiny / 'base.yaml'}", f"output_dir={out}", f"seeds={seeds}",
+                     *_extra(name, tiny, {v: s.url for v, s in servers.items()}), *extra]) == 0
+    finally:
+        for server in servers.values():
+            server.stop()
     rows = _table(out)
     shared_base = len(variants) > 1  # same student, test split and evaluation: one base row
     expected = ([("all", "base")] if shared_base else []) + [
@@ -308,13 +310,7 @@ def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path)
             ("cft", "the run's records", 12), ("sft-gold", str(tiny / "acemath.jsonl"), 8)]
         sft = [json.loads(line) for line in (out / "default" / "pairs" / "acemath-sft.jsonl").read_text().splitlines()]
         assert [r["id"] for r in sft] == [f"acemath-{i}" for i in range(1, 9)]
-    if name == "cft-table2-baselines":
-        info = json.loads((out / "default" / "pairs" / "sft-verified.build.json").read_text())
-        assert info["parts"] == [{"method": "sft-verified", "from": str(tiny / "webinstruct.json"), "source": "webinstruct-cft",
-                                  "records": 8, "pairs": 3, "used": 2}]
-        solved = read_records(out / "default" / "synth" / "solve.jsonl")
-        assert all(r.teacher_solution == r.reference for r in solved)  # sft-teacher's answers: the (offline) teacher's
-    if name == "cft-table10-length":
+    if name == "cft-table10-length":  # length matching in a run: the student's tokenizer counts, the report says so
         info = json.loads((out / "default" / "pairs" / "cft-short.build.json").read_text())
         assert info["stats"]["mean_tokens_targets"] and info["stats"]["mean_tokens_chosen"] and info["pairs"][0] > 0
         assert "mean completion tokens: sft" in (out / "default" / "report.md").read_text()
@@ -330,6 +326,12 @@ def test_packaged_ablation_runs_end_to_end_on_a_tiny_model(name, tiny, tmp_path)
         assert all(r.critique is None for r in own)  # the original critiques went with the original answers
         critiqued = read_records(out / "student" / "synth" / "critique.jsonl")
         assert all(r.critique and r.meta["critique"]["teacher"] == "reference" for r in critiqued)  # critiqued anew
+    if name == "cft-table7-teacher":  # the ablated dimension is really there: each variant's critiques are its teacher's
+        for v, server in servers.items():
+            critiqued = read_records(out / v / "synth" / "critique.jsonl")
+            assert len(critiqued) == 12 and server.teacher.calls == 12
+            assert all(r.critique.startswith(f"[{v}] Critique ") and r.meta["critique"]["teacher"] == f"OpenAIBackend:{v}"
+                       for r in critiqued)
     if name == "cgd-table4-lr":
         # One synthesis for four learning rates: later variants link the first one's files.
         first, later = out / "lr-1e-6" / "synth" / "respond.jsonl", out / "lr-5e-6" / "synth" / "respond.jsonl"

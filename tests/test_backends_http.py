@@ -9,6 +9,7 @@ import json
 import pickle
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,10 +64,19 @@ def test_greedy_over_http_matches_local_generation(served):
     assert remote.usage["prompt_tokens"] > 0 and remote.usage["completion_tokens"] > 0
 
 
-def test_n_completions_per_conversation(served):
+def test_n_completions_per_conversation_are_sampled_with_the_seed(served):
     _, port = served
-    out = client(port).generate(CONVERSATIONS, Sampling(temperature=0.8, max_new_tokens=4, n=2, seed=1))
+    remote = client(port)
+    sampled = Sampling(temperature=0.8, max_new_tokens=8, n=2, seed=1)
+    out = remote.generate(CONVERSATIONS, sampled)
     assert [len(texts) for texts in out] == [2, 2, 2]
+    # The server samples: not the greedy answer everywhere, the same again with the same seed,
+    # something else with another seed (a server that ignored temperature or seed fails one of these).
+    first = CONVERSATIONS[:1]
+    (greedy,) = remote.generate(first, Sampling(temperature=0.0, max_new_tokens=8))
+    assert any(text != greedy[0] for text in out[0])
+    assert remote.generate(first, sampled) == out[:1]
+    assert remote.generate(first, Sampling(temperature=0.8, max_new_tokens=8, n=2, seed=2)) != out[:1]
 
 
 def test_reply_is_a_standard_chat_completion(served):
@@ -177,12 +187,41 @@ def test_bad_replies_raise_backend_error_naming_the_url(canned, status, body, ex
     assert url in str(info.value)
 
 
-def test_first_failure_cancels_queued_requests(canned):
-    url, seen = canned(500, b"overloaded")
-    backend = OpenAIBackend(model="m", base_url=url, concurrency=1, progress=False, timeout=10)
-    with pytest.raises(BackendError):
-        backend.generate(CONVERSATIONS * 10, GREEDY)
-    assert len(seen) < 10  # not all 30: the few already running finish, the queued ones are cancelled
+class FailFirstThenSlow(BaseHTTPRequestHandler):
+    """The first request gets HTTP 500 at once; every later one an answer after `server.delay` s."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.seen += 1
+            first = self.server.seen == 1
+        if first:
+            return write_reply(self, 500, {}, b'{"error": {"message": "overloaded"}}')
+        time.sleep(self.server.delay)
+        write_reply(self, 200, {}, json.dumps(OK_REPLY).encode())
+
+    def log_message(self, format, *args):
+        pass
+
+
+def test_first_failure_cancels_queued_requests():
+    """Exact arithmetic: one try per request and 2 in flight, so the client has submitted 4 of the
+    30 (its window, 2 x concurrency: 2 sent, 2 waiting) when the first reply, a 500, ends
+    `generate`. The other request in flight, and the one the freed worker may take in that instant,
+    are sent and answered slowly; the 4th must be cancelled. Without cancellation it is sent too
+    (4 requests); with retries (the default 3 tries) the count would not tell the two apart."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FailFirstThenSlow)
+    server.seen, server.lock, server.delay = 0, threading.Lock(), 1.0
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        backend = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", concurrency=2,
+                                max_tries=1, progress=False, timeout=10)
+        with pytest.raises(BackendError, match="HTTP 500"):
+            backend.generate(CONVERSATIONS * 10, GREEDY)
+        assert 2 <= server.seen <= 3  # of 30 conversations, 4 queued: the 4th never sent
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_closed_port_raises_backend_error():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -26,11 +27,13 @@ from critkit.synth.stages import REFERENCE, critique, refine
 @pytest.fixture(scope="module")
 def records() -> list[Record]:
     """Four demo problems, two answered right and two wrong, critiqued and refined by the
-    reference teacher (CGD critique style)."""
+    reference teacher (CGD critique style). Its critiques hold the worked reference solution, as a
+    real teacher's correction does: the verdict-only default is a dozen tokens, and with it the
+    gradient norm moved by less than 2e-4 of itself without the critique (9.4718 against 9.4734)."""
     train, _ = make_demo(train=4, test=0, seed=1)
     answered = [replace(r, response=f"I think the answer is \\boxed{{{r.gold if i % 2 == 0 else int(r.gold) + 3}}}.")
                 for i, r in enumerate(train)]
-    critiqued, _ = critique(answered, REFERENCE, Sampling(), style="cgd")
+    critiqued, _ = critique(answered, REFERENCE, Sampling(), style="cgd", reference_critique="solution")
     refined, _ = refine(critiqued, REFERENCE, Sampling())
     assert all(r.critique and r.refined for r in refined)
     return refined
@@ -94,7 +97,11 @@ def test_gradnorm_changes_without_the_critique(records_file, embedded_model):
         assert with_c["grad_norm"] > 0 and without["grad_norm"] > 0
         assert abs(with_c["grad_norm"] - without["grad_norm"]) > 1e-3 * without["grad_norm"]
     stats = result["results"]["base"]
-    assert stats["with_critique"]["grad_norm"]["n"] == 2 and stats["with_critique"]["grad_norm"]["std"] is not None
+    for cond in ("with_critique", "without_critique"):  # the summary is computed from the samples' values
+        norms = [row["models"]["base"][cond]["grad_norm"] for row in result["samples"]]
+        assert stats[cond]["grad_norm"]["n"] == 2
+        assert stats[cond]["grad_norm"]["mean"] == pytest.approx(statistics.mean(norms))
+        assert stats[cond]["grad_norm"]["std"] == pytest.approx(statistics.stdev(norms))  # sample std, n - 1
 
 
 def test_gradnorm_equals_norm_of_a_hand_computed_loss(records, tiny_model):
@@ -133,8 +140,12 @@ def test_attention_shares_sum_to_one_and_cover_every_section(records_file, embed
         m = sample["models"]["base"]
         assert 1 <= m["generated_tokens"] <= 4 and m["share_sum_max_error"] < 1e-4
         assert all(m["section_tokens"][s] > 0 for s in SECTIONS)
-    # With 4 generated tokens every phase (thirds) has at least one token.
-    assert all(r["per_phase"][p] is not None for p in ("early", "middle", "late"))
+    # With 4 generated tokens every phase (thirds) has at least one token, and in every phase each
+    # layer's shares of the four sections sum to 1.
+    for phase in ("early", "middle", "late"):
+        assert len(r["per_phase"][phase]) == 30
+        for layer in r["per_phase"][phase]:
+            assert len(layer) == len(SECTIONS) and sum(layer) == pytest.approx(1, abs=1e-4) and min(layer) >= 0
 
 
 def test_streamed_attention_shares_equal_full_attention_matrices(records, tiny_model):
@@ -163,17 +174,41 @@ def test_streamed_attention_shares_equal_full_attention_matrices(records, tiny_m
             assert torch.allclose(shares[step, layer], expected, atol=1e-5)
 
 
-def test_counterfactual_accuracies_come_from_graded_outputs(records_file, embedded_model):
-    result = run_probe("counterfactual", records_file, [embedded_model], labels=["base"], limit=4, max_new_tokens=6)
-    r = result["results"]["base"]
-    for cond in ("factual", "nonsense"):
-        graded = [grade(row["models"]["base"][cond]["output"], row["gold"]) for row in result["samples"]]
-        assert [row["models"]["base"][cond]["correct"] for row in result["samples"]] == graded
-        assert r[cond]["n"] == 4 and r[cond]["correct"] == sum(graded)
-        assert r[cond]["accuracy"] == pytest.approx(sum(graded) / 4)
-    by_id = {row["id"]: row for row in result["samples"]}
+def test_counterfactual_uses_the_borrowed_critique_and_counts_flips_exactly(tmp_path, embedded_model):
+    """Critiques that state the correct answer, which the embedded model repeats: given its own
+    critique it answers right, and given another record's it mostly repeats that record's answer
+    (5 of these 6; once it works the sum out itself). So what a nonsense answer says shows which
+    critique reached the prompt, and the flips are real ones for the McNemar test, computed here by
+    hand (exact two-sided binomial over the flips)."""
+    train, _ = make_demo(train=6, test=0, seed=2)
+    answered = [replace(r, response=f"The answer is \\boxed{{{int(r.gold) + 7}}}.", refined=r.reference,
+                        critique=f"This is wrong. The correct answer is {r.gold}. So the final answer is \\boxed{{{r.gold}}}.")
+                for r in train]
+    path = tmp_path / "told.jsonl"
+    write_records(path, answered)
+    result = run_probe("counterfactual", path, [embedded_model], labels=["base"], max_new_tokens=10)
+    gold = {r.id: r.gold for r in answered}
+    critique_of = {r.id: r.critique for r in answered}
+    flags, followed = {"factual": [], "nonsense": []}, 0
     for row in result["samples"]:
-        assert row["nonsense_from"] in by_id and row["nonsense_from"] != row["id"]
+        assert row["nonsense_from"] != row["id"] and row["nonsense_critique"] == critique_of[row["nonsense_from"]]
+        m = row["models"]["base"]
+        assert m["factual"]["extracted"] == gold[row["id"]]  # the own critique's answer
+        followed += m["nonsense"]["extracted"] == gold[row["nonsense_from"]] != gold[row["id"]]  # the borrowed one's
+        for cond in flags:
+            assert m[cond]["correct"] == grade(m[cond]["output"], row["gold"])
+            flags[cond].append(m[cond]["correct"])
+    assert followed >= 4
+    r = result["results"]["base"]
+    for cond in flags:
+        assert (r[cond]["n"], r[cond]["correct"]) == (6, sum(flags[cond]))
+        assert r[cond]["accuracy"] == pytest.approx(sum(flags[cond]) / 6)
+    lost = sum(f and not c for f, c in zip(flags["factual"], flags["nonsense"]))
+    gained = sum(c and not f for f, c in zip(flags["factual"], flags["nonsense"]))
+    assert (r["right_to_wrong"], r["wrong_to_right"]) == (lost, gained) and lost + gained > 0
+    flips = lost + gained
+    p = min(1.0, 2 * sum(math.comb(flips, k) for k in range(min(lost, gained) + 1)) / 2 ** flips)
+    assert r["mcnemar_p"] == pytest.approx(p)
     assert "different record" in result["nonsense"]
 
 

@@ -11,6 +11,20 @@ from critkit.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, get_benchma
 from critkit.evaluation.evaluate import evaluate_benchmark
 from critkit.grading import grade
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The embedded model generating a few short answers gains nothing from a second thread, and on
+    a shared 2-core CPU OpenMP threads spin against other processes (test_generation_is_batched_...
+    took 131 s with 2 threads, 21 s with 1, on this machine under a load average of 5-7)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 ROWS = {"gsm8k": 1319, "math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "amc23": 40, "theoremqa": 800}
 
 
@@ -83,6 +97,10 @@ def test_generation_is_batched_greedy_and_sampled(embedded_model):
     sampled = backend.generate(conversations[:1], Sampling(max_new_tokens=8, temperature=1.0, n=3, seed=1))
     assert len(sampled[0]) == 3
     assert backend.generate(conversations[:1], Sampling(max_new_tokens=8, temperature=1.0, n=3, seed=1)) == sampled
+    # Temperature and seed are used: samples leave the greedy answer, and another seed draws others.
+    (greedy_8,) = backend.generate(conversations[:1], Sampling(max_new_tokens=8))
+    assert any(text != greedy_8[0] for text in sampled[0])
+    assert backend.generate(conversations[:1], Sampling(max_new_tokens=8, temperature=1.0, n=3, seed=2)) != sampled
 
 
 def test_transformers_backend_counts_tokens_and_reports_a_failing_prompt(tiny_model):
@@ -122,3 +140,44 @@ def test_vllm_backend_explains_a_missing_install_and_translates_sampling(tmp_pat
     assert vllm_sampling(Sampling(max_new_tokens=7, n=4, temperature=0.6, top_p=0.9, seed=3, stop=("</s>",)), {9, 2}) == {
         "n": 4, "temperature": 0.6, "top_p": 0.9, "max_tokens": 7, "stop": ["</s>"], "seed": 3, "stop_token_ids": [2, 9]}
     assert vllm_sampling(Sampling(top_p=0.5))["top_p"] == 1.0  # greedy ignores top_p
+
+
+class RecordingTeacher:
+    """Behind critkit's server: answers `\\boxed{1}` and keeps every conversation it is asked.
+
+    The records file below carries a response and a critique: the evaluation prompt must not show them."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.conversations: list = []
+
+    def generate(self, conversations, sampling, desc=""):
+        self.conversations += conversations
+        return [["\\boxed{1}"] * sampling.n for _ in conversations]
+
+
+def test_every_model_is_asked_the_cot_system_prompt_and_the_question_alone(tmp_path, shared_data):
+    """docs/evaluation.md: the Qwen2.5-Math cot prompt as the system turn and the question alone as
+    the user turn, for a benchmark and for a records file alike (what reaches the server is checked,
+    against the prompt's text as the docs print it and the questions as the files hold them)."""
+    from critkit.cli import main
+    from critkit.engine.serve import serve
+
+    records = tmp_path / "mine.jsonl"
+    records.write_text(json.dumps({"id": "m0", "question": "What is 6 x 7?", "gold": "42", "reference": "6 x 7 = 42",
+                                   "critique": "Wrong.", "response": "41"}) + "\n")
+    teacher = RecordingTeacher()
+    server, thread = serve(teacher)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        assert main(["eval", "--model", "recorder", "--base-url", url, "--benchmarks", "gsm8k", str(records),
+                     "--limit", "3", "--max-new-tokens", "8", "-o", str(tmp_path / "out")]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    gsm8k = [json.loads(line)["question"] for line in (shared_data / "benchmarks/gsm8k/test.jsonl").read_text().splitlines()[:3]]
+    system = {"role": "system", "content": "Please reason step by step, and put your final answer within \\boxed{}."}
+    expected = [[system, {"role": "user", "content": q}] for q in [*gsm8k, "What is 6 x 7?"]]
+    assert sorted(teacher.conversations, key=json.dumps) == sorted(expected, key=json.dumps)

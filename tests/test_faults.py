@@ -145,50 +145,103 @@ OK = (200, {}, json.dumps({"choices": [{"message": {"content": "fine"}, "finish_
 CONV = [[{"role": "user", "content": "hello"}]]
 
 
-@pytest.mark.parametrize("headers, expected", [({"Retry-After": "0.3"}, 0.3), ({"retry-after-ms": "250"}, 0.25)])
-def test_retry_after_is_honoured(scripted_http, headers, expected):
-    url, server = scripted_http((429, headers, b'{"error": {"message": "slow down"}}'), OK)
-    client = OpenAIBackend("m", base_url=url, progress=False, timeout=10, max_tries=3, backoff=5.0)
-    (reply,) = client.generate_each(CONV, Sampling(max_new_tokens=4))
-    # The wait is the server's, not the (here much longer) backoff.
-    assert reply.ok and reply.texts == ["fine"] and reply.tries == 2 and reply.waited == pytest.approx(expected)
-    assert server.seen == 2 and client.usage == {"prompt_tokens": 5, "completion_tokens": 1}
-
-
-def test_client_errors_are_not_retried_and_failures_are_per_request(scripted_http):
-    url, server = scripted_http((400, {}, b'{"error": {"message": "bad model"}}'))
-    client = OpenAIBackend("m", base_url=url, progress=False, timeout=10, max_tries=5, backoff=0.01)
-    replies = client.generate_each(CONV * 3, Sampling(max_new_tokens=4))
-    assert [r.tries for r in replies] == [1, 1, 1] and server.seen == 3
-    assert all(not r.ok and "HTTP 400" in r.error and "bad model" in r.error for r in replies)
-
-
-def test_server_errors_are_retried_up_to_max_tries(scripted_http):
-    url, server = scripted_http((503, {}, b"busy"))
-    client = OpenAIBackend("m", base_url=url, progress=False, timeout=10, max_tries=4, backoff=0.01, backoff_max=0.02)
-    (reply,) = client.generate_each(CONV, Sampling(max_new_tokens=4))
-    assert not reply.ok and reply.tries == 4 and server.seen == 4
-    assert "HTTP 503" in reply.error and "gave up after 4 tries" in reply.error
-
-
-def test_rate_limits_pass_requests_through(scripted_http):
-    url, server = scripted_http(OK)
-    client = OpenAIBackend("m", base_url=url, progress=False, timeout=10, concurrency=4, rpm=6000, tpm=1_000_000)
-    replies = client.generate_each(CONV * 12, Sampling(max_new_tokens=4))
-    assert all(r.ok for r in replies) and server.seen == 12
-
-
 class FakeClock:
-    """Time that moves only when someone sleeps: the bucket's arithmetic without waiting."""
+    """Time that moves only when someone sleeps: the client's waits, checked without waiting.
+
+    Given to OpenAIBackend as `clock` and `sleep`, it is what the token buckets read and what the
+    backoff between tries sleeps on, so a client that recorded a wait without sleeping it (or slept
+    without recording it) shows here. With concurrency 1 there is one sleeper at a time.
+    """
 
     def __init__(self):
         self.now = 0.0
+        self.slept: list[float] = []
 
     def __call__(self):
         return self.now
 
     def sleep(self, seconds):
+        self.slept.append(seconds)
         self.now += seconds
+
+
+def fake_time_client(url: str, **options) -> tuple[OpenAIBackend, FakeClock]:
+    clock = FakeClock()
+    client = OpenAIBackend("m", base_url=url, progress=False, timeout=10, concurrency=1, clock=clock, sleep=clock.sleep,
+                           **options)
+    return client, clock
+
+
+@pytest.mark.parametrize("headers, expected", [({"Retry-After": "0.3"}, 0.3), ({"retry-after-ms": "250"}, 0.25)])
+def test_retry_after_is_honoured(scripted_http, headers, expected):
+    url, server = scripted_http((429, headers, b'{"error": {"message": "slow down"}}'), OK)
+    client, clock = fake_time_client(url, max_tries=3, backoff=5.0)
+    (reply,) = client.generate_each(CONV, Sampling(max_new_tokens=4))
+    # The wait is the server's, not the (here much longer) backoff; it was slept, and recorded as slept.
+    assert reply.ok and reply.texts == ["fine"] and reply.tries == 2 and server.seen == 2
+    assert clock.slept == [pytest.approx(expected)] and reply.waited == pytest.approx(expected)
+    assert client.usage == {"prompt_tokens": 5, "completion_tokens": 1}
+
+
+def test_backoff_is_full_jitter_under_the_cap_and_every_wait_is_slept(scripted_http):
+    url, server = scripted_http((503, {}, b"busy"), (503, {}, b"busy"), (503, {}, b"busy"), OK)
+    client, clock = fake_time_client(url, max_tries=4, backoff=1.0, backoff_max=1.5)
+    (reply,) = client.generate_each(CONV, Sampling(max_new_tokens=4))
+    assert reply.ok and reply.tries == 4 and server.seen == 4
+    assert len(clock.slept) == 3  # one wait between each two tries
+    for k, (wait, cap) in enumerate(zip(clock.slept, [1.0, 1.5, 1.5]), start=1):  # min(backoff_max, backoff * 2**(k-1))
+        assert 0 <= wait <= cap, (k, wait)
+    assert reply.waited == pytest.approx(sum(clock.slept)) == pytest.approx(clock.now)
+
+
+def test_client_errors_are_not_retried_and_failures_are_per_request(scripted_http):
+    url, server = scripted_http((400, {}, b'{"error": {"message": "bad model"}}'))
+    client, clock = fake_time_client(url, max_tries=5, backoff=0.01)
+    replies = client.generate_each(CONV * 3, Sampling(max_new_tokens=4))
+    assert [r.tries for r in replies] == [1, 1, 1] and server.seen == 3 and clock.slept == []
+    assert all(not r.ok and "HTTP 400" in r.error and "bad model" in r.error for r in replies)
+
+
+def test_server_errors_are_retried_up_to_max_tries(scripted_http):
+    url, server = scripted_http((503, {}, b"busy"))
+    client, clock = fake_time_client(url, max_tries=4, backoff=0.01, backoff_max=0.02)
+    (reply,) = client.generate_each(CONV, Sampling(max_new_tokens=4))
+    assert not reply.ok and reply.tries == 4 and server.seen == 4 and len(clock.slept) == 3
+    assert "HTTP 503" in reply.error and "gave up after 4 tries" in reply.error
+
+
+def test_requests_per_minute_bind(scripted_http):
+    url, server = scripted_http(OK)
+    client, clock = fake_time_client(url, rpm=2)  # a minute's budget of 2 at once, then one every 30 s
+    replies = client.generate_each(CONV * 5, Sampling(max_new_tokens=4))
+    assert all(r.ok for r in replies) and server.seen == 5
+    assert [r.waited for r in replies] == [0, 0, pytest.approx(30), pytest.approx(30), pytest.approx(30)]
+    assert clock.now == pytest.approx(90)
+
+
+def usage_reply(usage: dict | None) -> tuple:
+    body = {"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}
+    return 200, {}, json.dumps({**body, **({"usage": usage} if usage else {})}).encode()
+
+
+def test_tokens_per_minute_are_corrected_from_the_replys_usage(scripted_http):
+    """Each request is charged its estimate before it is sent ("hello": 5 / 4 characters + 100
+    max tokens = 101.25 of a 150-token bucket), then refunded down to the 6 tokens the reply's usage
+    says it cost, so the next requests go at once. Without usage in the reply nothing is refunded
+    and the same requests wait for the bucket (the control)."""
+    url, server = scripted_http(usage_reply({"prompt_tokens": 5, "completion_tokens": 1}))
+    client, clock = fake_time_client(url, tpm=150)
+    replies = client.generate_each(CONV * 3, Sampling(max_new_tokens=100))
+    assert all(r.ok for r in replies) and server.seen == 3
+    assert clock.now == 0 and [r.waited for r in replies] == [0, 0, 0]
+    assert client.tpm.level == pytest.approx(150 - 3 * 6)  # the bucket is down by what usage says was spent
+
+    url, _ = scripted_http(usage_reply(None))
+    client, clock = fake_time_client(url, tpm=150)
+    replies = client.generate_each(CONV * 3, Sampling(max_new_tokens=100))
+    # 48.75 left after the first: the second waits (101.25 - 48.75) / 2.5 tokens per second, the third 101.25 / 2.5.
+    assert [r.waited for r in replies] == [0, pytest.approx(21), pytest.approx(40.5)]
+    assert clock.now == pytest.approx(61.5)
 
 
 def test_token_bucket_keeps_the_rate():

@@ -35,17 +35,44 @@ def _reference(model, tokenizer, max_new_tokens, prompts=PROMPTS):
     return expected
 
 
+@pytest.fixture(scope="module")
+def embedded(embedded_model):
+    """The embedded model loaded once for the module, as production decodes with it: through
+    TransformersBackend, whose linear layers are pre-packed for oneDNN on CPU; and the reference
+    tokens from `model.generate` on a separate, untouched copy (decode switches a model's attention
+    to critkit's and the packed linears round differently from plain ones). One torch thread, as in
+    the other generation tests: on a shared 2-core CPU more threads spin against other processes."""
+    from critkit.engine.backends import TransformersBackend
+    from critkit.engine.generation import _packed_linear
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    backend = TransformersBackend("embedded", batch_size=8, progress=False)
+    packed = sum(getattr(m.forward, "func", None) is _packed_linear for m in backend.model.modules())
+    plain = load_model("embedded")
+    reference = _reference(plain, backend.tokenizer, 20)
+    del plain
+    yield backend.model, load_tokenizer("embedded"), reference, packed
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("rows", [4, 2, 1])
-def test_greedy_decode_matches_generate_with_any_number_of_rows(embedded_model, rows):
-    """With fewer rows than prompts, rows are refilled as others end: the tokens must not change."""
-    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
-    expected = _reference(model, tokenizer, 20)
+def test_greedy_decode_matches_generate_with_any_number_of_rows(embedded, rows):
+    """With fewer rows than prompts, rows are refilled as others end: the tokens must not change.
+    The model decodes with pre-packed linear layers, as TransformersBackend runs it."""
+    model, tokenizer, expected, packed = embedded
+    if torch.backends.mkldnn.is_available():  # every linear layer packed: the production path is the one tested
+        assert packed == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 200
     done = []
     ours = decode(model, tokenizer, _ids(tokenizer), max_new_tokens=20, rows=rows, on_done=lambda i, o: done.append(i))
     for row, want in enumerate(expected):
         assert ours[row] == [want], (PROMPTS[row], tokenizer.decode(ours[row][0]), tokenizer.decode(want))
     assert min(len(e) for e in expected) < 20  # some prompt ended early and left its row
-    assert sorted(done) == [0, 1, 2, 3] and done != [0, 1, 2, 3] or rows == 1  # reported as each one ends
+    assert sorted(done) == [0, 1, 2, 3]  # each reported once
+    if rows == 1:
+        assert done == [0, 1, 2, 3]  # one row: prompts run one after another
+    else:
+        assert done != [0, 1, 2, 3]  # reported as each one ends, not in prompt order
 
 
 def test_many_prompts_through_few_rows_on_a_tiny_model(tiny_model):
@@ -59,18 +86,21 @@ def test_many_prompts_through_few_rows_on_a_tiny_model(tiny_model):
         assert ours[k] == [_reference(model, tokenizer, 90, [q])[0]], q
 
 
-def test_samples_share_the_prompt_and_differ(embedded_model):
-    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
+def test_samples_share_the_prompt_and_differ(embedded):
+    model, tokenizer, expected, _ = embedded
     ids = _ids(tokenizer)
     out = decode(model, tokenizer, ids, 12, rows=8, samples=3, temperature=1.0, seed=1)
     assert [len(o) for o in out] == [3, 3, 3, 3]
     assert any(len({tuple(s) for s in o}) > 1 for o in out)
+    # Sampling is not greedy: some samples leave the greedy path (the first 12 greedy tokens).
+    assert any(s != want[:12] for o, want in zip(out, expected) for s in o)
     greedy = decode(model, tokenizer, ids, 12, rows=8, samples=2)
     assert all(o[0] == o[1] for o in greedy)  # greedy samples of one prompt are identical
+    assert [o[0] for o in greedy] == [want[:12] for want in expected]
 
 
-def test_stop_at_answer_ends_right_after_the_box(embedded_model):
-    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
+def test_stop_at_answer_ends_right_after_the_box(embedded):
+    model, tokenizer, _, _ = embedded
     ids = _ids(tokenizer, PROMPTS + ["Write the LaTeX \\boxed{4} and then explain what it means."])
     full = decode(model, tokenizer, ids, max_new_tokens=40)
     cut = decode(model, tokenizer, ids, max_new_tokens=40, stop_at_answer=True)
@@ -82,15 +112,17 @@ def test_stop_at_answer_ends_right_after_the_box(embedded_model):
             boxed += 1
             assert text.rstrip().endswith("}")
     assert boxed  # the last prompt writes a box early and goes on: it is cut
+    assert cut != full  # the control: stopping changed something
 
 
-def test_sampling_is_seeded(embedded_model):
-    tokenizer, model = load_tokenizer("embedded"), load_model("embedded")
+def test_sampling_is_seeded(embedded):
+    model, tokenizer, expected, _ = embedded
     ids = _ids(tokenizer)
     a = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=5)
     b = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=5)
     c = decode(model, tokenizer, ids, 12, temperature=1.0, top_p=0.9, seed=6)
     assert a == b and a != c
+    assert a != [[want[:12]] for want in expected]  # temperature is not ignored: not the greedy tokens
 
 
 def test_a_prompt_that_fails_alone_is_reported_and_the_others_go_on(tiny_model):

@@ -268,3 +268,49 @@ def test_symbolic_exponents_still_grade():
     assert answers_match(r"e^{-x^2}", r"e^{-x^{2}}") is True
     assert answers_match(r"x^{2}+y^{2}", r"y^2+x^2") is True
     assert answers_match(r"2^{10}", "1024") is True
+
+
+# ------------------------------------------------------------------- what the manual says of grading
+
+
+def test_boxed_textbf_answers_are_unwrapped_as_on_aime24_75(shared_data):
+    """docs/evaluation.md: `\\boxed{\\textbf{(073)}}` is `073`. The row is AIME 2024's own solution;
+    math-verify alone rejects the wrapped answer (the control), critkit's unwrapping accepts it."""
+    from critkit.evaluation.benchmarks import BENCHMARKS, load_benchmark
+    from math_verify import parse, verify
+
+    (problem,) = [p for p in load_benchmark(BENCHMARKS["aime24"])[0] if p.id == "aime24-75"]
+    row = next(r for r in map(json.loads, (shared_data / BENCHMARKS["aime24"].path).read_text().splitlines()) if r["id"] == 75)
+    assert extract_answer(row["solution"]) == r"\textbf{(073)}" and problem.gold == "073"
+    assert grade(row["solution"], problem.gold) is True
+    assert answers_match(r"\textbf{(073)}", "73") is True and answers_match(r"\textbf{(074)}", "73") is False
+    assert verify(parse("$073$", parsing_timeout=None), parse(r"$\textbf{(073)}$", parsing_timeout=None),
+                  timeout_seconds=None) is False  # without unwrapping
+
+
+# A pair that is equal only symbolically and keeps sympy busy for a second or more (1.6 s on the
+# project's machine), far past the 0.05 s timeout below; used nowhere else, so no cache answers it.
+SLOW = (r"(x+1)^{30}(x-1)^{30}", r"(x^2-1)^{30}")
+
+
+def test_grading_works_in_a_worker_thread_and_gives_up_at_its_timeout():
+    """docs/evaluation.md: math-verify with a timeout that works outside the main thread. math-verify's
+    own timeout uses signal.alarm, so in a worker thread it refuses to parse at all (the control).
+    critkit grades there with sympy (2^{10} is not 1024 as text), and at its timeout it returns False
+    at once and leaves sympy to finish in a daemon thread: no guard refused the pair, since with
+    time enough it is equal."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from math_verify import parse
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ValueError, match="threaded"):
+            pool.submit(parse, "$2^{10}$").result()
+        assert pool.submit(answers_match, "2^{10}", "1024").result() is True
+        assert pool.submit(answers_match, "2^{10}", "1025").result() is False
+        before = set(threading.enumerate())
+        assert pool.submit(answers_match, *SLOW, 0.05).result() is False
+        left_running = [t for t in threading.enumerate() if t not in before and t.daemon and t.is_alive()]
+        assert left_running  # returned while sympy was still at work
+        assert pool.submit(answers_match, *SLOW, 300).result() is True  # the control: given time, equal

@@ -188,6 +188,6 @@ def test_padding_free_loss_equals_padded_loss_and_never_crosses_sequences(tiny_m
         together = model.model(**inputs, position_ids=packed["position_ids"]).last_hidden_state[0]
         assert bounds[-1] == len(alone) and torch.allclose(together, alone, atol=1e-5)
         one = torch.tensor([0, bounds[-1]], dtype=torch.int32)
-        leaky = model.model(**{**inputs, "cu_seq_lens_q": one, "cu_seq_lens_k": one},
-                            position_ids=packed["position_ids"]).last_hidden_state[0]
+        leaky = model.model(**{**inputs, "cu_seq_lens_q": one, "cu_seq_lens_k": one, "max_length_q": bounds[-1],
+                               "max_length_k": bounds[-1]}, position_ids=packed["position_ids"]).last_hidden_state[0]
     assert (leaky - alone)[bounds[1]:].abs().max() > 1e-3
