@@ -27,7 +27,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from critkit.engine.serve import serve
-from synth_servers import write_reply
+from synth_servers import InThread, write_reply
 
 SUM = re.compile(r"What is (\d+) \+ (\d+)\?")
 
@@ -168,12 +168,8 @@ class FaultyProxy:
         self.server = srv = _Server(("127.0.0.1", 0), _Handler)
         srv.upstream, srv.policy, srv.hang = upstream, policy, hang
         srv.lock, srv.attempts, srv.faults, srv.answered = threading.Lock(), Counter(), Counter(), 0
-        self.thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.timer = threading.Timer(lifetime, srv.shutdown)  # stops by itself, whatever the test does
-        self.timer.daemon = True
-        self.timer.start()
-        self.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        self.served = InThread(srv, lifetime)  # stops by itself, whatever the test does
+        self.url = self.served.url
 
     @property
     def answered(self) -> int:
@@ -184,10 +180,7 @@ class FaultyProxy:
         return self.server.faults
 
     def stop(self) -> None:
-        self.timer.cancel()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.served.stop()
 
 
 # ---------------------------------------------------------------------------------- wrappers

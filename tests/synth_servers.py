@@ -41,6 +41,26 @@ def write_reply(handler: BaseHTTPRequestHandler, status: int, headers: dict, bod
     handler.wfile.write(body)
 
 
+class InThread:
+    """An HTTP server on loopback served from a daemon thread, shut down by `stop()` or after
+    `lifetime` seconds, whichever comes first, so a runaway client loop cannot keep it busy."""
+
+    def __init__(self, server, lifetime: float):
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.timer = threading.Timer(lifetime, server.shutdown)
+        self.timer.daemon = True
+        self.timer.start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
 class ScriptedTeacher:
     """A backend object for `critkit.engine.serve.serve`: instant (or `delay` seconds per call), counted.
 
@@ -164,16 +184,11 @@ class FaultProxy:
 
     def __init__(self, upstream: str, rate: float = 0.3, seed: int = 0, hang: float = 1.5, poison: str | None = None,
                  max_requests: int = 5000, lifetime: float = 120.0):
-        self.server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
-        srv = self.server
+        self.server = srv = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         srv.upstream, srv.rate, srv.hang, srv.poison, srv.max_requests = upstream, rate, hang, poison, max_requests
         srv.rng, srv.lock, srv.count, srv.faults = random.Random(seed), threading.Lock(), 0, Counter()
-        self.thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.timer = threading.Timer(lifetime, srv.shutdown)  # stops by itself, whatever the test does
-        self.timer.daemon = True
-        self.timer.start()
-        self.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        self.served = InThread(srv, lifetime)  # stops by itself, whatever the test does
+        self.url = self.served.url
 
     @property
     def faults(self) -> Counter:
@@ -184,7 +199,4 @@ class FaultProxy:
         return self.server.count
 
     def stop(self) -> None:
-        self.timer.cancel()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.served.stop()

@@ -138,7 +138,7 @@ def test_bad_lines_are_reported_with_file_and_line_and_the_rest_counts(tmp_path)
     found = evaluate_claims(eval_root, {"cft": ["cft"], "sft": ["sft"]}, ["test"], resamples=500)
     (row,) = found["claims"]
     assert row["questions"] == N - 2 and row["verdict"] == "supported"
-    assert found["problems"] == [f"{path}:4: malformed JSON (Expecting property name enclosed in double quotes); line left "
+    assert found["problems"] == [f"{path}:4: malformed JSON (Expecting property name enclosed in double quotes at column 2); line left "
                                  f"out of the claims", f"{path}:6: field 'correct' missing or empty; line left out of the claims"]
 
 

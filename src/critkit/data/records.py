@@ -87,6 +87,25 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise RecordError(path, number, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
 
 
+def scan_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, value, None) for each non-blank line of a JSONL file, or (line number, None,
+    why) for a line that is not JSON: the caller reports it with the file and line and goes on.
+
+    Read as bytes and split on b"\n" only, as the writers write: a JSON string may hold U+2028
+    unescaped, and a byte that is not UTF-8 spoils its own line, not the whole read.
+    """
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"{exc.msg} at column {exc.colno}"
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+
+
 class atomic_path:
     """Context manager yielding a temporary path in the target's folder, renamed on success.
 
@@ -217,15 +236,10 @@ def scan_records(path: str | os.PathLike) -> tuple[list[tuple[int, Record]], lis
         good.append((number, rec))
 
     if path.exists() and _format(path) == "jsonl":
-        with open(path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
-                    problems.append(RecordError(path, number, f"malformed JSON ({getattr(exc, 'msg', exc)})"))
-                    continue
+        for number, row, why in scan_jsonl(path):
+            if why is not None:
+                problems.append(RecordError(path, number, f"malformed JSON ({why})"))
+            else:
                 take(number, row)
     else:
         for number, row in read_rows(path):  # parquet / HF rows cannot be torn or half-written

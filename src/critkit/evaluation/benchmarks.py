@@ -19,7 +19,6 @@ the reason, and the other rows go on; a spec that leaves no row usable is an err
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, fields
@@ -28,7 +27,7 @@ from pathlib import Path
 from ..config import load_yaml
 from ..grading.answers import extract_boxed
 from ..grading.rules import GRADING_RULES
-from ..data.records import read_rows
+from ..data.records import read_rows, scan_jsonl
 from .templates import (GOLD_STRIPS, LETTERS, RowError, check_template, choices_of, clean_gold, field_or_template, render_text,
                         strip_letters)
 
@@ -325,18 +324,12 @@ def _rows(path: Path, bad: list[str], where: str):
     if path.suffix != ".jsonl" or not path.is_file():
         yield from read_rows(path)
         return
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"{where}{path}:{number}: not JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                bad.append(f"{where}{path}:{number}: expected a JSON object, got {type(row).__name__}")
-                continue
+    for number, row, why in scan_jsonl(path):
+        if why is not None:
+            bad.append(f"{where}{path}:{number}: not JSON ({why})")
+        elif not isinstance(row, dict):
+            bad.append(f"{where}{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        else:
             yield number, row
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..evaluation.durable import FAILED, OPEN
+from ..data.records import scan_jsonl
 from ..evaluation.evaluate import CRITIQUE_MARKERS
 
 __all__ = ["Claim", "CLAIMS", "RESAMPLES", "paired_bootstrap", "verdict", "evaluate_claims", "claims_section", "claim_cells",
@@ -120,18 +121,14 @@ def _scores(path: Path, measure: str, problems: list[str]) -> tuple[dict[str, fl
     """
     out: dict[str, float] = {}
     failed = 0
-    try:  # split on newlines only, as the writer does: a JSON string may hold U+2028 unescaped
-        lines = path.read_bytes().decode("utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        lines = list(scan_jsonl(path))
+    except OSError as exc:
         problems.append(f"{path}: unreadable ({exc}); left out of the claims")
         return out, failed
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: malformed JSON ({exc.msg}); line left out of the claims")
+    for number, row, why in lines:
+        if why is not None:
+            problems.append(f"{path}:{number}: malformed JSON ({why}); line left out of the claims")
             continue
         job = row.get("job") if isinstance(row, dict) else None
         if isinstance(job, dict) and job.get("status") in (FAILED, OPEN):  # not answered (open: an interrupted run)

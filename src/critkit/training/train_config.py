@@ -7,13 +7,13 @@ training, reads the same settings without importing the trainer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, apply_overrides, load_yaml
+from ..data.records import scan_jsonl
 
 __all__ = ["TrainConfig", "load_train_config", "validate", "read_pairs", "sft_defaults", "sft_value", "ConfigError"]
 
@@ -67,25 +67,20 @@ def read_pairs(path: str, limit: int | None = None) -> tuple[list[dict], list[st
     A pair is {"prompt": [messages], "completion": "text"}, as `critkit build` writes it.
     """
     rows, problems = [], []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})")
-                continue
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            completion = row.get("completion") if isinstance(row, dict) else None
-            if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)):
-                problems.append(f"{path}:{number}: field 'prompt' must be a non-empty list of messages")
-            elif not isinstance(completion, str) or not completion.strip():
-                problems.append(f"{path}:{number}: field 'completion' must be a non-empty string")
-            else:
-                rows.append(row)
-                if limit and len(rows) >= limit:
-                    break
+    for number, row, why in scan_jsonl(path):
+        if why is not None:
+            problems.append(f"{path}:{number}: malformed JSON ({why})")
+            continue
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        completion = row.get("completion") if isinstance(row, dict) else None
+        if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)):
+            problems.append(f"{path}:{number}: field 'prompt' must be a non-empty list of messages")
+        elif not isinstance(completion, str) or not completion.strip():
+            problems.append(f"{path}:{number}: field 'completion' must be a non-empty string")
+        else:
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
     return rows, problems
 
 
