@@ -117,3 +117,16 @@ def test_critkit_eval_lm_eval_tasks_and_report_column(tiny_model, tmp_path, caps
     with pytest.raises(SystemExit, match="no_such_task"):
         main(["eval", "--model", tiny_model, "--lm-eval-tasks", "no_such_task", "--lm-eval-include", str(tasks), "--lm-eval-local-only",
               "-o", str(out)])
+
+
+def test_vllm_adapter_rank_is_one_vllm_accepts(tmp_path):
+    """An adapter of rank 24 asks lm-eval's vLLM for max_lora_rank 32 (vLLM refuses 24: engine/backends.py)."""
+    import json
+
+    from critkit.evaluation.lmeval import lm_eval_model_args
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base"), "r": 24}))
+    args = lm_eval_model_args(str(adapter), engine="vllm")
+    assert args["max_lora_rank"] == 32 and args["lora_local_path"] == str(adapter)

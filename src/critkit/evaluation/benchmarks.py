@@ -319,7 +319,7 @@ def _choice_problem(spec: BenchmarkSpec, row: dict, pid: str, question: str) -> 
     return Problem(pid, f"{question}\n\n{listed}", LETTERS[order.index(correct)], shown)
 
 
-def _rows(path: Path, bad: list[str], where: str):
+def read_objects(path: Path, bad: list[str], where: str = ""):
     """(line, row) of a data file; a JSONL line that is not a JSON object is reported and skipped."""
     if path.suffix != ".jsonl" or not path.is_file():
         yield from read_rows(path)
@@ -342,7 +342,7 @@ def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> tuple[list[
         path = data_dir() / path
     where = f"{spec.source}: " if spec.source else ""
     problems, bad = [], []
-    for number, row in _rows(path, bad, where):
+    for number, row in read_objects(path, bad, where):
         rid = str(row.get(spec.id_field)) if spec.id_field and row.get(spec.id_field) is not None else str(number)
         pid = f"{spec.name}-{rid}"
         try:

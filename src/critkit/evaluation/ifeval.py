@@ -32,7 +32,7 @@ import json
 import os
 from pathlib import Path
 
-from ..data.records import atomic_path
+from ..data.records import atomic_path, scan_jsonl
 from ..engine.backends import Sampling
 from .benchmarks import data_dir
 from .durable import DONE, FAILED, Item, SampleJournal, Step
@@ -107,34 +107,29 @@ def load_ifeval(path: str | Path | None = None, limit: int | None = None,
     """(rows, problems): the usable rows in file order, and `file:line: field: why` for each other one."""
     path = Path(path) if path else data_dir() / IFEVAL_PATH
     rows, bad = [], []
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                bad.append(f"{where}: not JSON ({exc})")
-                continue
-            if not isinstance(row, dict):
-                bad.append(f"{where}: not a JSON object")
-                continue
-            ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
-            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                bad.append(f"{where}: prompt: missing or empty")
-            elif not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-                bad.append(f"{where}: instruction_id_list: missing or not a list of ids")
-            elif not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
-                bad.append(f"{where}: kwargs: not one object per instruction")
-            elif known is not None and any(i not in known for i in ids):
-                unknown = [i for i in ids if i not in known]
-                bad.append(f"{where}: instruction_id_list: unknown to the verifiers: {', '.join(unknown)}")
-            else:
-                rows.append({"id": str(row.get("key", number)), "question": row["prompt"], "instruction_id_list": ids,
-                             "kwargs": kwargs})
+    for number, row, why in scan_jsonl(path):
+        if limit is not None and len(rows) >= limit:
+            break
+        where = f"{path}:{number}"
+        if why is not None:
+            bad.append(f"{where}: not JSON ({why})")
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"{where}: not a JSON object")
+            continue
+        ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            bad.append(f"{where}: prompt: missing or empty")
+        elif not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            bad.append(f"{where}: instruction_id_list: missing or not a list of ids")
+        elif not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
+            bad.append(f"{where}: kwargs: not one object per instruction")
+        elif known is not None and any(i not in known for i in ids):
+            unknown = [i for i in ids if i not in known]
+            bad.append(f"{where}: instruction_id_list: unknown to the verifiers: {', '.join(unknown)}")
+        else:
+            rows.append({"id": str(row.get("key", number)), "question": row["prompt"], "instruction_id_list": ids,
+                         "kwargs": kwargs})
     return rows, bad
 
 

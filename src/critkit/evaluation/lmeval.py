@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 from ..data.records import atomic_path
+from ..engine.backends import vllm_lora_rank
 from ..engine.models import gpu_half_dtype, resolve_model
 
 __all__ = ["run_lm_eval", "lm_eval_model_args", "LMEVAL_MISSING", "primary_metric"]
@@ -45,12 +46,13 @@ def lm_eval_model_args(model: str, engine: str = "hf", device: str | None = None
     adapter = Path(path) / "adapter_config.json"
     args: dict = {"pretrained": path}
     if adapter.exists():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        config = json.loads(adapter.read_text())
+        base = config.get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{adapter}: no base_model_name_or_path, so the adapter's base model is unknown")
         args = {"pretrained": resolve_model(base), ("peft" if engine == "hf" else "lora_local_path"): path}
-        if engine == "vllm":  # vLLM sizes its LoRA slots by max_lora_rank (16 by default): a larger r fails to load
-            args["max_lora_rank"] = max(16, int(json.loads(adapter.read_text()).get("r") or 16))
+        if engine == "vllm":  # vLLM sizes its LoRA slots by max_lora_rank, from a fixed set of values
+            args["max_lora_rank"] = vllm_lora_rank(int(config.get("r") or 16))
         if (Path(path) / "tokenizer_config.json").exists():
             args["tokenizer"] = path  # training saves the tokenizer it used beside the adapter
     if engine == "hf":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..data.records import atomic_path
 from ..engine.backends import Sampling
-from .benchmarks import data_dir
+from .benchmarks import data_dir, read_objects
 from .durable import DONE, FAILED, Item, SampleJournal, Step
 from .drift import critique_share
 
@@ -57,27 +57,10 @@ def parse_rating(judgment: str) -> float | None:
     return rating if 1 <= rating <= 10 else None
 
 
-def _rows(path: Path, problems: list[str]):
-    """(line number, object) of each JSON line; other lines go to `problems` with file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                problems.append(f"{path}:{number}: not JSON ({exc})")
-                continue
-            if isinstance(row, dict):
-                yield number, row
-            else:
-                problems.append(f"{path}:{number}: not a JSON object")
-
-
 def judge_prompts(folder: Path | None = None) -> dict[str, dict]:
     """{name: {"system_prompt", "prompt_template"}} of the four single-answer prompts."""
     folder = folder or data_dir() / FOLDER
-    found = {row.get("name"): row for _, row in _rows(folder / "judge_prompts.jsonl", [])}
+    found = {row.get("name"): row for _, row in read_objects(folder / "judge_prompts.jsonl", [])}
     names = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
     missing = [n for n in names if n not in found]
     if missing:
@@ -90,13 +73,13 @@ def load_mt_bench(folder: Path | None = None, limit: int | None = None) -> tuple
     folder = Path(folder) if folder else data_dir() / FOLDER
     bad: list[str] = []
     references = {}
-    for number, row in _rows(folder / "reference_answer_gpt-4.jsonl", bad):
+    for number, row in read_objects(folder / "reference_answer_gpt-4.jsonl", bad):
         try:
             references[str(row["question_id"])] = [str(t) for t in row["choices"][0]["turns"]]
         except (KeyError, IndexError, TypeError):
             bad.append(f"{folder / 'reference_answer_gpt-4.jsonl'}:{number}: choices[0].turns: missing")
     rows = []
-    for number, row in _rows(folder / "question.jsonl", bad):
+    for number, row in read_objects(folder / "question.jsonl", bad):
         if limit is not None and len(rows) >= limit:
             break
         where = f"{folder / 'question.jsonl'}:{number}"
