@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.journal import JobError, JournalFile, Scan, replace_file, scan_lines, stable_hash
+from ..data.records import atomic_path
 from ..engine.backends import Reply, Sampling
 from ..synth.jobs import generate_each
 
@@ -63,6 +64,12 @@ __all__ = ["Step", "Item", "SampleJournal", "OPEN", "DONE", "FAILED"]
 
 OPEN, DONE, FAILED = "open", "done", "failed"
 _BOOKKEEPING = ("job", "error")  # what a line adds to the sample's own fields
+
+
+def write_scores(out: Path, scores: dict) -> None:
+    """A benchmark's scores.json, written atomically: its presence marks the benchmark done (critkit run)."""
+    with atomic_path(out / "scores.json") as tmp:
+        tmp.write_text(json.dumps(scores, indent=1))
 
 
 def _copy(row: dict) -> dict:
@@ -237,8 +244,9 @@ class SampleJournal:
     # ------------------------------------------------------------------------------- the end
 
     def finish(self, rows: list[dict] | None = None) -> None:
-        """Rewrite the file in item order, one line per sample (`rows`, e.g. graded; default: as run)."""
-        rows = self.rows if rows is None else rows
+        """Rewrite the file in item order, one line per sample (`rows`, e.g. graded; default: as run);
+        `rows` become the journal's rows."""
+        rows = self.rows = self.rows if rows is None else rows
         self.file.sync()
         if self.stale:
             aside = self.path.with_name(self.path.stem + ".superseded.jsonl")
@@ -248,6 +256,13 @@ class SampleJournal:
                     out.write(fh.read(self.lengths[offset]))
             self.counts["superseded"] = len(self.stale)
         replace_file(self.path, lambda out: out.writelines(self._line(row, i) for i, row in enumerate(rows)))
+
+    def outcome(self) -> tuple[list[dict], list[dict]]:
+        """The rows of the samples that ended done, and {"id", "error"} of each that failed."""
+        answered = [row for row, status in zip(self.rows, self.status) if status == DONE]
+        failed = [{"id": row["id"], "error": error} for row, status, error in zip(self.rows, self.status, self.errors)
+                  if status == FAILED]
+        return answered, failed
 
     def summary(self) -> dict:
         """What this run did: samples resumed from earlier runs, requests sent (and retries), failures."""

@@ -16,17 +16,15 @@ Modes (CFT appendix A.4, Table 11):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.records import atomic_path
 from ..engine.backends import Sampling
 from .benchmarks import Problem, get_benchmark, load_benchmark
 from .drift import CRITIQUE_MARKERS, critique_share
-from .durable import DONE, FAILED, Item, SampleJournal, Step
+from .durable import DONE, Item, SampleJournal, Step, write_scores
 from .ifeval import evaluate_ifeval  # the lmeval extra is imported when IFEval runs, not here
 from .mt_bench import JUDGE_SAMPLING, evaluate_mt_bench
 from ..grading.answers import extract_answer, extract_choice
@@ -187,16 +185,13 @@ def evaluate_benchmark(backend, benchmark: str, out_dir: str | Path, sampling: S
                 for p, row, status in zip(problems, journal.rows, journal.status)]
         journal.finish(rows)
         this_run = journal.summary()
-    answered = [row for row, status in zip(rows, journal.status) if status == DONE]
-    failed = [{"id": row["id"], "error": error} for row, status, error in zip(rows, journal.status, journal.errors)
-              if status == FAILED]
+    answered, failed = journal.outcome()
     scores = {"benchmark": spec.name, "spec_version": spec.version, "model": name, "mode": mode,
               "sampling": sampling.as_dict(), **_score(answered, len(failed), sampling.n), "failed_examples": failed[:5],
               "bad_rows": len(bad), "bad_examples": bad[:5]}
     if mode == "self-critique-2stage":
         scores["mean_attempts"] = sum(len(s.get("trace", [])) for s in answered) / max(1, len(answered))
-    with atomic_path(out / "scores.json") as tmp:  # its presence marks the benchmark done (critkit run): never half-written
-        tmp.write_text(json.dumps(scores, indent=1))
+    write_scores(out, scores)
     return {**scores, "this_run": this_run}
 
 

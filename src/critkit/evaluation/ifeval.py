@@ -28,14 +28,13 @@ not know, is reported with file, line and field and counted in `bad_rows`; the o
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..data.records import atomic_path, scan_jsonl
 from ..engine.backends import Sampling
 from .benchmarks import data_dir
-from .durable import DONE, FAILED, Item, SampleJournal, Step
+from .durable import DONE, Item, SampleJournal, Step, write_scores
 from .drift import critique_share
 
 __all__ = ["IFEVAL", "IFEVAL_PATH", "ensure_punkt", "verifiers", "load_ifeval", "score_response", "ifeval_scores",
@@ -200,13 +199,10 @@ def evaluate_ifeval(backend, out_dir: str | Path, sampling: Sampling, limit: int
         graded = [_grade(utils, row) if status == DONE else row for row, status in zip(journal.rows, journal.status)]
         journal.finish(graded)
         this_run = journal.summary()
-    answered = [row for row, status in zip(graded, journal.status) if status == DONE]
-    failed = [{"id": row["id"], "error": error} for row, status, error in zip(graded, journal.status, journal.errors)
-              if status == FAILED]
+    answered, failed = journal.outcome()
     scores = {"benchmark": IFEVAL, "model": name, "mode": "chat", "sampling": sampling.as_dict(),
               **ifeval_scores(answered, len(failed)), "failed_examples": failed[:5],
               "verifier_error_examples": [{"id": r["id"], "error": r["verifier_error"]} for r in answered if "verifier_error" in r][:5],
               "bad_rows": len(bad), "bad_examples": bad[:5], "sentence_model": sentence_model}
-    with atomic_path(out / "scores.json") as tmp:
-        tmp.write_text(json.dumps(scores, indent=1))
+    write_scores(out, scores)
     return {**scores, "this_run": this_run}

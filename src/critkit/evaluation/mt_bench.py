@@ -28,14 +28,12 @@ answer: reported with file, line and field, counted in `bad_rows`; the others go
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from ..data.records import atomic_path
 from ..engine.backends import Sampling
 from .benchmarks import data_dir, read_objects
-from .durable import DONE, FAILED, Item, SampleJournal, Step
+from .durable import Item, SampleJournal, Step, write_scores
 from .drift import critique_share
 
 __all__ = ["MT_BENCH", "JUDGE_SAMPLING", "load_mt_bench", "judge_prompts", "parse_rating", "evaluate_mt_bench"]
@@ -178,12 +176,9 @@ def evaluate_mt_bench(backend, judge, out_dir: str | Path, sampling: Sampling, l
             journal.run({"model": backend, "judge": judge})
         journal.finish()
         this_run = journal.summary()
-    answered = [row for row, status in zip(journal.rows, journal.status) if status == DONE]
-    failed = [{"id": row["id"], "error": error} for row, status, error in zip(journal.rows, journal.status, journal.errors)
-              if status == FAILED]
+    answered, failed = journal.outcome()
     scores = {"benchmark": MT_BENCH, "model": name, "judge": judge_name, "mode": "chat", "sampling": sampling.as_dict(),
               "judge_sampling": judge_sampling.as_dict(), **mt_bench_scores(answered, len(failed)),
               "failed_examples": failed[:5], "bad_rows": len(bad), "bad_examples": bad[:5]}
-    with atomic_path(out / "scores.json") as tmp:
-        tmp.write_text(json.dumps(scores, indent=1))
+    write_scores(out, scores)
     return {**scores, "this_run": this_run}
