@@ -535,15 +535,13 @@ def evaluation_judge(cfg: RunConfig):
 
 
 def _close_backends(*backends) -> None:
-    """Close each distinct backend that holds a model (the teacher may be the student itself)."""
-    from .engine.models import release_memory
-
+    """Close each distinct backend that holds a model (the teacher may be the student itself); each
+    close() gives its memory back (engine/models.release_memory)."""
     seen = set()
     for backend in backends:
         if backend is not None and id(backend) not in seen and hasattr(backend, "close"):
             seen.add(id(backend))
             backend.close()
-    release_memory()
 
 
 def validation_tests(cfg: RunConfig) -> list[str]:
