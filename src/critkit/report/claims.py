@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ..evaluation.durable import FAILED, OPEN
 from ..data.records import scan_jsonl
-from ..evaluation.evaluate import CRITIQUE_MARKERS
+from ..evaluation.drift import critique_share
 
 __all__ = ["Claim", "CLAIMS", "RESAMPLES", "paired_bootstrap", "verdict", "evaluate_claims", "claims_section", "claim_cells",
            "claim_rows", "CLAIM_HEADERS", "CLAIMS_NOTE"]
@@ -145,7 +145,7 @@ def _scores(path: Path, measure: str, problems: list[str]) -> tuple[dict[str, fl
         if measure == "accuracy":
             out[str(row["id"])] = sum(bool(v) for v in values) / len(values)
         else:
-            out[str(row["id"])] = sum(isinstance(r, str) and any(m in r for m in CRITIQUE_MARKERS) for r in values) / len(values)
+            out[str(row["id"])] = critique_share([r if isinstance(r, str) else "" for r in values])
     return out, failed
 
 
